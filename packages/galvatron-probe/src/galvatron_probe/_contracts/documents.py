@@ -1,0 +1,316 @@
+"""Read, validate, route and write galvatron documents (the only contract between the four tools).
+
+The single source of this module is ``contracts/documents.py`` at the repository root; ``tools/sync_contracts.py``
+copies it, with ``schemas/``, into every package as ``galvatron_<x>/_contracts/``. Edit the source, then run
+``python tools/sync_contracts.py``; ``python tools/sync_contracts.py --check`` (and a test) fails on drift.
+
+    docs = read_documents(["profile.json", "-"])           # paths, '-' for stdin, several docs per stream
+    by_kind = route(docs, {"hardware-profile", "model-profile"})
+    write_document(plan, "plan.json")                       # validates first, then writes atomically
+
+Reader policy (schemas/README.md): same major and known minor -> strict validation; newer minor -> validated
+against the newest known minor with unknown fields allowed, and a warning on stderr; older major -> migrated step by
+step; newer major -> DocumentError (exit 3) naming the supported range.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+DOCUMENT_KINDS = ("hardware-profile", "model-profile", "cost-model", "plan", "run-report")
+ID_PREFIX = "urn:galvatron:schema:"
+
+
+class GalvatronError(Exception):
+    """A failure the user can act on: printed as one message, no traceback, with its exit code."""
+
+    exit_code = 1
+
+
+class UsageError(GalvatronError):
+    exit_code = 2
+
+
+class DocumentError(GalvatronError):
+    """An invalid or unsupported input document (exit 3). ``errors`` holds one line per problem."""
+
+    exit_code = 3
+
+    def __init__(self, source: str, errors: Iterable[str] | str):
+        self.source = source
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("\n".join(f"{source}: {e}" for e in self.errors))
+
+
+class InfeasibleError(GalvatronError):
+    """No plan fits the memory, or a plan does not fit the world (exit 4)."""
+
+    exit_code = 4
+
+
+# --- schemas ---------------------------------------------------------------------------------------------------
+
+def parse_version(version: str) -> tuple[int, int]:
+    major, _, minor = str(version).partition(".")
+    return int(major), int(minor)
+
+
+@functools.lru_cache(maxsize=None)
+def known_versions() -> dict[str, list[tuple[int, int]]]:
+    """{kind: sorted [(major, minor)]} of the schema files shipped here."""
+    found: dict[str, list[tuple[int, int]]] = {}
+    for path in SCHEMA_DIR.glob("*/*.schema.json"):
+        found.setdefault(path.parent.name, []).append(parse_version(path.name[: -len(".schema.json")]))
+    return {kind: sorted(v) for kind, v in found.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def load_schema(kind: str, version: str) -> dict:
+    return json.loads((SCHEMA_DIR / kind / f"{version}.schema.json").read_text())
+
+
+def _relaxed(schema: Any) -> Any:
+    """The schema with every ``additionalProperties: false`` lifted: a newer minor may add fields."""
+    if isinstance(schema, dict):
+        return {k: _relaxed(v) for k, v in schema.items() if not (k == "additionalProperties" and v is False)}
+    if isinstance(schema, list):
+        return [_relaxed(v) for v in schema]
+    return schema
+
+
+@functools.lru_cache(maxsize=None)
+def _registry(relaxed: bool) -> Registry:
+    resources = []
+    for kind, versions in known_versions().items():
+        for major, minor in versions:
+            schema = load_schema(kind, f"{major}.{minor}")
+            resources.append((schema["$id"], Resource.from_contents(_relaxed(schema) if relaxed else schema)))
+    return Registry().with_resources(resources)
+
+
+@functools.lru_cache(maxsize=None)
+def _validator(kind: str, version: str, relaxed: bool) -> Draft202012Validator:
+    schema = load_schema(kind, version)
+    if relaxed:
+        schema = _relaxed(schema)
+        schema["properties"]["schema_version"] = {"type": "string", "pattern": r"^\d+\.\d+$"}
+    return Draft202012Validator(schema, registry=_registry(relaxed))
+
+
+def schema_errors(doc: Any, kind: str, version: str, relaxed: bool = False) -> list[str]:
+    """Every schema violation of ``doc`` as '$.json.path: message', in document order."""
+    errors = sorted(_validator(kind, version, relaxed).iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
+    return [f"{e.json_path}: {e.message}" for e in errors]
+
+
+# Older majors are migrated one major at a time: MIGRATIONS[(kind, major)] turns a document of that major into
+# one of the next major. None exist while 1 is the only major; tests register one to prove the path.
+MIGRATIONS: dict[tuple[str, int], Callable[[dict], dict]] = {}
+
+
+def _supported_range(kind: str) -> str:
+    versions = known_versions()[kind]
+    lo, hi = versions[0], versions[-1]
+    return f"{lo[0]}.{lo[1]}" if lo == hi else f"{lo[0]}.{lo[1]} to {hi[0]}.{hi[1]}"
+
+
+def validate(doc: Any, source: str = "<document>", kind: str | None = None) -> dict:
+    """Check ``doc`` by the reader policy and return it (migrated if it was an older major).
+
+    Raises DocumentError naming ``source`` and the JSON path of every problem."""
+    if not isinstance(doc, dict):
+        raise DocumentError(source, f"$: expected a JSON object (a galvatron document), got {type(doc).__name__}")
+    doc_kind = doc.get("kind")
+    if doc_kind not in known_versions() or doc_kind == "model-spec":
+        expected = ", ".join(DOCUMENT_KINDS)
+        raise DocumentError(source, f"$.kind: expected one of {expected}, got {doc_kind!r}")
+    if kind is not None and doc_kind != kind:
+        raise DocumentError(source, f"$.kind: expected {kind!r}, got {doc_kind!r}")
+    raw_version = doc.get("schema_version")
+    try:
+        major, minor = parse_version(raw_version)
+    except (TypeError, ValueError):
+        raise DocumentError(source, f"$.schema_version: expected 'MAJOR.MINOR', got {raw_version!r}") from None
+    versions = known_versions()[doc_kind]
+    majors = sorted({v[0] for v in versions})
+    if major > majors[-1]:
+        raise DocumentError(source, f"$.schema_version: {doc_kind} {raw_version} is newer than this reader "
+                                    f"supports ({_supported_range(doc_kind)}); upgrade the tool")
+    if major < majors[0] or major not in majors:
+        step = MIGRATIONS.get((doc_kind, major))
+        if step is None:
+            raise DocumentError(source, f"$.schema_version: {doc_kind} {raw_version} is older than this reader "
+                                        f"supports ({_supported_range(doc_kind)}) and no migration exists")
+        return validate(step(copy.deepcopy(doc)), source, kind)
+    minors = [v[1] for v in versions if v[0] == major]
+    if minor in minors:
+        errors = schema_errors(doc, doc_kind, f"{major}.{minor}")
+    elif minor > minors[-1]:
+        newest = minors[-1]
+        print(f"warning: {source}: {doc_kind} {raw_version} is newer than the newest known {major}.{newest}; "
+              f"reading it as {major}.{newest} and ignoring unknown fields", file=sys.stderr)
+        errors = schema_errors(doc, doc_kind, f"{major}.{newest}", relaxed=True)
+    else:
+        raise DocumentError(source, f"$.schema_version: {doc_kind} {raw_version} is not a released version "
+                                    f"(known: {', '.join(f'{a}.{b}' for a, b in versions)})")
+    if errors:
+        raise DocumentError(source, errors)
+    return doc
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+
+def iter_json(text: str, source: str) -> Iterator[Any]:
+    """The JSON values in ``text``: one, several concatenated, or one per line."""
+    decoder = json.JSONDecoder()
+    pos, end = 0, len(text)
+    while True:
+        while pos < end and text[pos].isspace():
+            pos += 1
+        if pos >= end:
+            return
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise DocumentError(source, f"line {e.lineno} column {e.colno}: malformed JSON ({e.msg})") from None
+        yield value
+
+
+def read_documents(sources: Iterable[str] | str, stdin=None) -> list[dict]:
+    """Every document in the given paths (``-`` is stdin), validated, in order."""
+    if isinstance(sources, str):
+        sources = [sources]
+    docs = []
+    for src in sources:
+        name = "<stdin>" if src == "-" else str(src)
+        if src == "-":
+            text = (stdin or sys.stdin).read()
+        else:
+            try:
+                text = Path(src).read_text(encoding="utf-8")
+            except FileNotFoundError:
+                raise DocumentError(name, "no such file") from None
+            except (OSError, UnicodeDecodeError) as e:
+                raise DocumentError(name, f"cannot read ({e})") from None
+        found = list(iter_json(text, name))
+        if not found:
+            raise DocumentError(name, "no document (empty input)")
+        for i, value in enumerate(found):
+            docs.append(validate(value, name if len(found) == 1 else f"{name}[document {i + 1}]"))
+    return docs
+
+
+def route(docs: Iterable[dict], wanted: Iterable[str], source: str = "input") -> dict[str, list[dict]]:
+    """Group documents by kind; a kind outside ``wanted`` is an error (exit 3)."""
+    wanted = tuple(wanted)
+    out: dict[str, list[dict]] = {k: [] for k in wanted}
+    for doc in docs:
+        if doc["kind"] not in out:
+            raise DocumentError(source, f"$.kind: expected one of {', '.join(wanted)}, got {doc['kind']!r}")
+        out[doc["kind"]].append(doc)
+    return out
+
+
+def read_one(sources: Iterable[str] | str, kind: str, stdin=None) -> dict:
+    """Exactly one document of ``kind`` from the sources."""
+    docs = route(read_documents(sources, stdin), [kind])[kind]
+    name = sources if isinstance(sources, str) else ", ".join(sources)
+    if len(docs) != 1:
+        raise DocumentError(name, f"expected exactly one {kind} document, got {len(docs)}")
+    return docs[0]
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
+
+def canonical_json(doc: Any) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def digest(doc: Any) -> str:
+    """sha256 of the canonical JSON (sorted keys, no whitespace): how documents cite each other."""
+    return hashlib.sha256(canonical_json(doc).encode()).hexdigest()
+
+
+def producer(name: str, version: str, note: str | None = None) -> dict:
+    out = {"name": name, "version": version}
+    if note:
+        out["note"] = note
+    return out
+
+
+def _assert_finite(value: Any, path: str = "$") -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise GalvatronError(f"internal error: {path} is {value} (documents carry no NaN or Infinity)")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _assert_finite(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _assert_finite(v, f"{path}[{i}]")
+
+
+def dumps(doc: dict) -> str:
+    """Validate a document this tool produced and render it (an invalid one is a bug: GalvatronError, exit 1)."""
+    _assert_finite(doc)
+    errors = schema_errors(doc, doc["kind"], doc["schema_version"])
+    if errors:
+        raise GalvatronError("internal error: refusing to write an invalid " + doc["kind"] + ":\n  " + "\n  ".join(errors))
+    return json.dumps(doc, indent=1, allow_nan=False) + "\n"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_document(doc: dict, path: str | os.PathLike | None = "-", stream=None) -> None:
+    """Validate, then write to ``path`` atomically, or to stdout (``-`` or None)."""
+    text = dumps(doc)
+    if path in (None, "-"):
+        out = stream or sys.stdout
+        out.write(text)
+        out.flush()
+    else:
+        atomic_write_text(path, text)
+
+
+# --- command-line edge -----------------------------------------------------------------------------------------
+
+def exits_cleanly(fn: Callable) -> Callable:
+    """Decorate a click command: GalvatronError -> its message on stderr and its exit code, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GalvatronError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
+
+    return wrapper

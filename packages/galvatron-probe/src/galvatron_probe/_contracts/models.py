@@ -1,0 +1,149 @@
+"""Model specs: presets, Hugging Face ``config.json`` import, exact parameter counts and FLOPs.
+
+A spec is the ``model-spec`` schema's object. Single source: ``contracts/models.py`` (synced into each package).
+
+    spec = load_model_spec("llama2-7b")            # a preset
+    spec = load_model_spec("path/to/config.json")  # GPT-2 or LLaMA keys, read as plain JSON
+    param_count(spec)                               # 6_738_415_616
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .documents import DocumentError, UsageError, schema_errors
+
+
+def _gpt2(name, layers, hidden, heads, vocab=50257, seq=1024, tied=True):
+    return {"name": name, "family": "gpt2", "layers": layers, "hidden": hidden, "heads": heads, "kv_heads": heads,
+            "ffn_hidden": 4 * hidden, "vocab_size": vocab, "max_seq_len": seq, "tied_embeddings": tied,
+            "norm_eps": 1e-5, "source": "preset"}
+
+
+def _llama(name, layers, hidden, heads, kv_heads, ffn, vocab=32000, seq=4096, theta=10000.0, eps=1e-5, tied=False):
+    return {"name": name, "family": "llama", "layers": layers, "hidden": hidden, "heads": heads, "kv_heads": kv_heads,
+            "ffn_hidden": ffn, "vocab_size": vocab, "max_seq_len": seq, "tied_embeddings": tied, "norm_eps": eps,
+            "rope_theta": theta, "source": "preset"}
+
+
+# Published sizes (parameters) in the comments; tests check param_count against them.
+PRESETS: dict[str, dict] = {s["name"]: s for s in [
+    _gpt2("tiny-gpt", 4, 64, 4, vocab=256, seq=64),                       # tests: 4 layers, byte vocabulary
+    _llama("tiny-llama", 4, 64, 4, 2, 176, vocab=256, seq=64),           # tests: grouped-query attention
+    _gpt2("mini-gpt", 6, 128, 4, vocab=256, seq=128),                     # quickstart and CPU benchmarks
+    _gpt2("gpt2-small", 12, 768, 12),                                      # 124M
+    _gpt2("gpt2-medium", 24, 1024, 16),                                    # 355M
+    _gpt2("gpt2-large", 36, 1280, 20),                                     # 774M
+    _gpt2("gpt2-xl", 48, 1600, 25),                                        # 1.56B
+    _llama("llama2-7b", 32, 4096, 32, 32, 11008),                          # 6.74B
+    _llama("llama2-13b", 40, 5120, 40, 40, 13824),                         # 13.0B
+    _llama("llama2-70b", 80, 8192, 64, 8, 28672),                          # 69.0B
+    _llama("llama3-8b", 32, 4096, 32, 8, 14336, vocab=128256, seq=8192, theta=500000.0),  # 8.03B
+]}
+
+
+def check_model_spec(spec: dict, source: str = "model spec") -> dict:
+    """Schema plus the arithmetic the schema cannot say (heads divide hidden, kv_heads divide heads)."""
+    errors = schema_errors(spec, "model-spec", "1.0")
+    if not errors:
+        if spec["hidden"] % spec["heads"]:
+            errors.append(f"$.hidden: expected a multiple of heads ({spec['heads']}), got {spec['hidden']}")
+        if spec["heads"] % spec["kv_heads"]:
+            errors.append(f"$.kv_heads: expected a divisor of heads ({spec['heads']}), got {spec['kv_heads']}")
+        if spec["family"] == "llama" and (spec["hidden"] // spec["heads"]) % 2:
+            errors.append("$.hidden: rotary embeddings need an even head dimension")
+    if errors:
+        raise DocumentError(source, errors)
+    return spec
+
+
+def from_hf_config(config: dict, name: str, source: str) -> dict:
+    """A spec from a Hugging Face config.json's keys (GPT-2 or LLaMA), without the transformers package."""
+    model_type = config.get("model_type", "")
+
+    def need(key):
+        if key not in config:
+            raise DocumentError(source, f"$.{key}: required for a {model_type or 'model'} config.json")
+        return config[key]
+
+    if model_type == "gpt2" or "n_embd" in config:
+        hidden = need("n_embd")
+        spec = {"name": name, "family": "gpt2", "layers": need("n_layer"), "hidden": hidden, "heads": need("n_head"),
+                "kv_heads": need("n_head"), "ffn_hidden": config.get("n_inner") or 4 * hidden,
+                "vocab_size": need("vocab_size"), "max_seq_len": config.get("n_positions", config.get("n_ctx", 1024)),
+                "tied_embeddings": config.get("tie_word_embeddings", True),
+                "norm_eps": config.get("layer_norm_epsilon", 1e-5)}
+    elif model_type in ("llama", "mistral") or "intermediate_size" in config:
+        heads = need("num_attention_heads")
+        spec = {"name": name, "family": "llama", "layers": need("num_hidden_layers"), "hidden": need("hidden_size"),
+                "heads": heads, "kv_heads": config.get("num_key_value_heads") or heads,
+                "ffn_hidden": need("intermediate_size"), "vocab_size": need("vocab_size"),
+                "max_seq_len": config.get("max_position_embeddings", 4096),
+                "tied_embeddings": config.get("tie_word_embeddings", False),
+                "norm_eps": config.get("rms_norm_eps", 1e-5), "rope_theta": float(config.get("rope_theta", 10000.0))}
+    else:
+        raise DocumentError(source, f"$.model_type: expected a GPT-2 or LLaMA config (model_type 'gpt2' or 'llama'), "
+                                    f"got {model_type!r}")
+    spec["source"] = source
+    return check_model_spec(spec, source)
+
+
+def load_model_spec(name_or_path: str) -> dict:
+    """A preset by name, or a Hugging Face config.json by path."""
+    if name_or_path in PRESETS:
+        return dict(PRESETS[name_or_path])
+    path = Path(name_or_path)
+    if not path.suffix == ".json" and not path.exists():
+        raise UsageError(f"unknown model {name_or_path!r}: expected a preset ({', '.join(PRESETS)}) "
+                         f"or the path of a Hugging Face config.json")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DocumentError(str(path), "no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DocumentError(str(path), f"cannot read a JSON config ({e})") from None
+    if not isinstance(config, dict):
+        raise DocumentError(str(path), "$: expected a JSON object")
+    name = path.parent.name if path.name == "config.json" and path.parent.name else path.stem
+    return from_hf_config(config, name, str(path))
+
+
+# --- counting --------------------------------------------------------------------------------------------------
+
+def decoder_param_count(spec: dict) -> int:
+    """Parameters of one decoder block of the reference architecture."""
+    h, f = spec["hidden"], spec["ffn_hidden"]
+    kv = spec["kv_heads"] * (h // spec["heads"])
+    if spec["family"] == "gpt2":
+        attn = (h * 3 * h + 3 * h) + (h * h + h)        # fused qkv with bias, output projection with bias
+        mlp = (h * f + f) + (f * h + h)
+        return attn + mlp + 2 * (2 * h)                   # two LayerNorms (weight + bias)
+    attn = h * h + 2 * h * kv + h * h                     # q, k, v, o without bias
+    mlp = 3 * h * f                                       # gate, up, down
+    return attn + mlp + 2 * h                             # two RMSNorms
+
+
+def layer_param_counts(spec: dict) -> dict[str, int]:
+    """{'decoder': one block, 'embedding': tokens (+ positions), 'head': final norm (+ LM head unless tied)}."""
+    h, v = spec["hidden"], spec["vocab_size"]
+    gpt2 = spec["family"] == "gpt2"
+    embedding = v * h + (spec["max_seq_len"] * h if gpt2 else 0)
+    head = (2 * h if gpt2 else h) + (0 if spec["tied_embeddings"] else v * h)
+    return {"decoder": decoder_param_count(spec), "embedding": embedding, "head": head}
+
+
+def param_count(spec: dict) -> int:
+    counts = layer_param_counts(spec)
+    return spec["layers"] * counts["decoder"] + counts["embedding"] + counts["head"]
+
+
+def training_flops_per_token(spec: dict, seq_len: int) -> float:
+    """Model FLOPs of one token's forward and backward: 6 x matmul parameters + 12 L h s for attention."""
+    h = spec["hidden"]
+    kv = spec["kv_heads"] * (h // spec["heads"])
+    if spec["family"] == "gpt2":
+        matmul = 4 * h * h + 2 * h * spec["ffn_hidden"]
+    else:
+        matmul = 2 * h * h + 2 * h * kv + 3 * h * spec["ffn_hidden"]
+    matmul = spec["layers"] * matmul + h * spec["vocab_size"]
+    return 6.0 * matmul + 12.0 * spec["layers"] * h * seq_len
