@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .documents import DocumentError, UsageError, schema_errors
+from .documents import DocumentError, UsageError, model_spec_errors, schema_errors
 
 
 def _gpt2(name, layers, hidden, heads, vocab=50257, seq=1024, tied=True):
@@ -45,59 +45,88 @@ PRESETS: dict[str, dict] = {s["name"]: s for s in [
 def check_model_spec(spec: dict, source: str = "model spec") -> dict:
     """Schema plus the arithmetic the schema cannot say (heads divide hidden, kv_heads divide heads)."""
     errors = schema_errors(spec, "model-spec", "1.0")
-    if not errors:
-        if spec["hidden"] % spec["heads"]:
-            errors.append(f"$.hidden: expected a multiple of heads ({spec['heads']}), got {spec['hidden']}")
-        if spec["heads"] % spec["kv_heads"]:
-            errors.append(f"$.kv_heads: expected a divisor of heads ({spec['heads']}), got {spec['kv_heads']}")
-        if spec["family"] == "llama" and (spec["hidden"] // spec["heads"]) % 2:
-            errors.append("$.hidden: rotary embeddings need an even head dimension")
+    errors = errors or model_spec_errors(spec)
     if errors:
         raise DocumentError(source, errors)
     return spec
 
 
+# spec field <- Hugging Face config.json key, per family (to name the config's key in an error)
+_HF_KEYS = {
+    "gpt2": {"layers": "n_layer", "hidden": "n_embd", "heads": "n_head", "kv_heads": "n_head", "ffn_hidden": "n_inner",
+             "vocab_size": "vocab_size", "max_seq_len": "n_positions", "tied_embeddings": "tie_word_embeddings",
+             "norm_eps": "layer_norm_epsilon"},
+    "llama": {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
+              "kv_heads": "num_key_value_heads", "ffn_hidden": "intermediate_size", "vocab_size": "vocab_size",
+              "max_seq_len": "max_position_embeddings", "tied_embeddings": "tie_word_embeddings",
+              "norm_eps": "rms_norm_eps", "rope_theta": "rope_theta"},
+}
+
+
 def from_hf_config(config: dict, name: str, source: str) -> dict:
-    """A spec from a Hugging Face config.json's keys (GPT-2 or LLaMA), without the transformers package."""
-    model_type = config.get("model_type", "")
+    """A spec from a Hugging Face config.json's keys (GPT-2 or LLaMA), without the transformers package.
+
+    Errors name the config's own keys: '$.n_embd (hidden): ...'."""
+    model_type = config.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise DocumentError(source, f"$.model_type: expected a string, got {model_type!r}")
 
     def need(key):
         if key not in config:
             raise DocumentError(source, f"$.{key}: required for a {model_type or 'model'} config.json")
         return config[key]
 
-    if model_type == "gpt2" or "n_embd" in config:
-        hidden = need("n_embd")
+    if model_type == "gpt2" or (not model_type and "n_embd" in config):
+        family, hidden = "gpt2", need("n_embd")
         spec = {"name": name, "family": "gpt2", "layers": need("n_layer"), "hidden": hidden, "heads": need("n_head"),
-                "kv_heads": need("n_head"), "ffn_hidden": config.get("n_inner") or 4 * hidden,
+                "kv_heads": need("n_head"), "ffn_hidden": config.get("n_inner") or _times(4, hidden),
                 "vocab_size": need("vocab_size"), "max_seq_len": config.get("n_positions", config.get("n_ctx", 1024)),
                 "tied_embeddings": config.get("tie_word_embeddings", True),
                 "norm_eps": config.get("layer_norm_epsilon", 1e-5)}
-    elif model_type in ("llama", "mistral") or "intermediate_size" in config:
-        heads = need("num_attention_heads")
+    elif model_type in ("llama", "mistral") or (not model_type and "intermediate_size" in config):
+        family, heads = "llama", need("num_attention_heads")
         spec = {"name": name, "family": "llama", "layers": need("num_hidden_layers"), "hidden": need("hidden_size"),
                 "heads": heads, "kv_heads": config.get("num_key_value_heads") or heads,
                 "ffn_hidden": need("intermediate_size"), "vocab_size": need("vocab_size"),
                 "max_seq_len": config.get("max_position_embeddings", 4096),
                 "tied_embeddings": config.get("tie_word_embeddings", False),
-                "norm_eps": config.get("rms_norm_eps", 1e-5), "rope_theta": float(config.get("rope_theta", 10000.0))}
+                "norm_eps": config.get("rms_norm_eps", 1e-5), "rope_theta": config.get("rope_theta", 10000.0)}
+        if isinstance(spec["rope_theta"], int) and not isinstance(spec["rope_theta"], bool):
+            spec["rope_theta"] = float(spec["rope_theta"])
     else:
         raise DocumentError(source, f"$.model_type: expected a GPT-2 or LLaMA config (model_type 'gpt2' or 'llama'), "
                                     f"got {model_type!r}")
     spec["source"] = source
-    return check_model_spec(spec, source)
+    errors = schema_errors(spec, "model-spec", "1.0")
+    errors = errors or model_spec_errors(spec)
+    if errors:
+        raise DocumentError(source, [_as_config_path(e, _HF_KEYS[family]) for e in errors])
+    return spec
+
+
+def _times(k, value):
+    return k * value if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _as_config_path(error: str, keys: dict) -> str:
+    """'$.hidden: msg' -> '$.n_embd (hidden): msg' for an error about an imported config."""
+    path, _, message = error.partition(": ")
+    field = path[2:] if path.startswith("$.") else ""
+    return f"$.{keys[field]} ({field}): {message}" if field in keys else error
 
 
 def load_model_spec(name_or_path: str) -> dict:
-    """A preset by name, or a Hugging Face config.json by path."""
+    """A preset by name, or a Hugging Face config.json by path (or the directory holding it)."""
     if name_or_path in PRESETS:
         return dict(PRESETS[name_or_path])
     path = Path(name_or_path)
-    if not path.suffix == ".json" and not path.exists():
-        raise UsageError(f"unknown model {name_or_path!r}: expected a preset ({', '.join(PRESETS)}) "
+    if path.is_dir() and (path / "config.json").is_file():
+        path = path / "config.json"
+    if path.suffix != ".json" and not path.is_file():
+        raise UsageError(f"unknown model {str(name_or_path)!r}: expected a preset ({', '.join(PRESETS)}) "
                          f"or the path of a Hugging Face config.json")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise DocumentError(str(path), "no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -10,7 +10,9 @@ copies it, with ``schemas/``, into every package as ``galvatron_<x>/_contracts/`
 
 Reader policy (schemas/README.md): same major and known minor -> strict validation; newer minor -> validated
 against the newest known minor with unknown fields allowed, and a warning on stderr; older major -> migrated step by
-step; newer major -> DocumentError (exit 3) naming the supported range.
+step (MIGRATIONS); newer major -> DocumentError (exit 3) naming the supported range. Beyond the schema, a document's
+``model`` must be arithmetically sound (heads divide hidden, kv_heads divide heads) and a plan must follow the
+rank-layout convention (``ranks.plan_errors``).
 """
 from __future__ import annotations
 
@@ -22,15 +24,23 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 from referencing import Registry, Resource
 
+from .ranks import plan_errors
+
+# A package's copy ships its schemas beside it; the single source (contracts/ at the root) reads schemas/.
 SCHEMA_DIR = Path(__file__).parent / "schemas"
+if not SCHEMA_DIR.is_dir():
+    SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 DOCUMENT_KINDS = ("hardware-profile", "model-profile", "cost-model", "plan", "run-report")
 ID_PREFIX = "urn:galvatron:schema:"
+MAX_MESSAGE = 240  # characters of one schema message (jsonschema quotes whole sub-documents)
 
 
 class GalvatronError(Exception):
@@ -63,11 +73,16 @@ class InfeasibleError(GalvatronError):
 # --- schemas ---------------------------------------------------------------------------------------------------
 
 def parse_version(version: str) -> tuple[int, int]:
-    major, _, minor = str(version).partition(".")
+    """'1.2' -> (1, 2); ValueError for anything else (numbers, '1', '1.2.3', ' 1.0')."""
+    if not isinstance(version, str):
+        raise ValueError(f"expected a string 'MAJOR.MINOR', got {version!r}")
+    major, dot, minor = version.partition(".")
+    if not (dot and major.isdigit() and minor.isdigit() and major.isascii() and minor.isascii()):
+        raise ValueError(f"expected 'MAJOR.MINOR', got {version!r}")
     return int(major), int(minor)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def known_versions() -> dict[str, list[tuple[int, int]]]:
     """{kind: sorted [(major, minor)]} of the schema files shipped here."""
     found: dict[str, list[tuple[int, int]]] = {}
@@ -76,9 +91,9 @@ def known_versions() -> dict[str, list[tuple[int, int]]]:
     return {kind: sorted(v) for kind, v in found.items()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_schema(kind: str, version: str) -> dict:
-    return json.loads((SCHEMA_DIR / kind / f"{version}.schema.json").read_text())
+    return json.loads((SCHEMA_DIR / kind / f"{version}.schema.json").read_text(encoding="utf-8"))
 
 
 def _relaxed(schema: Any) -> Any:
@@ -90,7 +105,7 @@ def _relaxed(schema: Any) -> Any:
     return schema
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _registry(relaxed: bool) -> Registry:
     resources = []
     for kind, versions in known_versions().items():
@@ -100,7 +115,7 @@ def _registry(relaxed: bool) -> Registry:
     return Registry().with_resources(resources)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _validator(kind: str, version: str, relaxed: bool) -> Draft202012Validator:
     schema = load_schema(kind, version)
     if relaxed:
@@ -109,14 +124,66 @@ def _validator(kind: str, version: str, relaxed: bool) -> Draft202012Validator:
     return Draft202012Validator(schema, registry=_registry(relaxed))
 
 
+def _child(path: str, key: str) -> str:
+    return f"{path}.{key}" if key.isidentifier() else f"{path}[{json.dumps(key)}]"
+
+
+def _short(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 5] + " ..."
+
+
+def _lines(error) -> list[tuple[list, str]]:
+    """(sort key, '$.path: message') lines for one jsonschema error, pointing at the offending field itself."""
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        error = best_match(error.context)
+    key = [(0, p) if isinstance(p, int) else (1, str(p)) for p in error.absolute_path]
+    path = error.json_path
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [p for p in error.validator_value if p not in error.instance and error.message.startswith(repr(p))]
+        if missing:
+            return [(key + [(1, missing[0])], f"{_child(path, missing[0])}: required property missing")]
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {})
+        extra = [k for k in error.instance if k not in known]
+        if extra:
+            return [(key + [(1, k)], f"{_child(path, k)}: unexpected property (the schema has no such field)")
+                    for k in extra]
+    return [(key, f"{path}: {_short(error.message)}")]
+
+
 def schema_errors(doc: Any, kind: str, version: str, relaxed: bool = False) -> list[str]:
-    """Every schema violation of ``doc`` as '$.json.path: message', in document order."""
-    errors = sorted(_validator(kind, version, relaxed).iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
-    return [f"{e.json_path}: {e.message}" for e in errors]
+    """Every schema violation of ``doc`` as '$.json.path: message', in document order.
+
+    A missing required field or an unexpected one is reported at its own path ('$.cluster: required property
+    missing'); a oneOf/anyOf failure is reported through its most relevant branch."""
+    lines = [line for e in _validator(kind, version, relaxed).iter_errors(doc) for line in _lines(e)]
+    return [text for _, text in sorted(lines, key=lambda kv: kv[0])]
+
+
+def model_spec_errors(spec: dict, path: str = "$") -> list[str]:
+    """The arithmetic the model-spec schema cannot say (for a schema-valid spec)."""
+    errors = []
+    if spec["hidden"] % spec["heads"]:
+        errors.append(f"{path}.hidden: expected a multiple of heads ({spec['heads']}), got {spec['hidden']}")
+    elif spec["family"] == "llama" and (spec["hidden"] // spec["heads"]) % 2:
+        errors.append(f"{path}.hidden: rotary embeddings need an even head dimension (hidden / heads), "
+                      f"got {spec['hidden']} / {spec['heads']}")
+    if spec["heads"] % spec["kv_heads"]:
+        errors.append(f"{path}.kv_heads: expected a divisor of heads ({spec['heads']}), got {spec['kv_heads']}")
+    return errors
+
+
+def semantic_errors(doc: dict) -> list[str]:
+    """Checks beyond the schema, for a schema-valid document: its model spec's arithmetic; a plan's rank layout."""
+    errors = model_spec_errors(doc["model"], "$.model") if isinstance(doc.get("model"), dict) else []
+    if doc.get("kind") == "plan" and not errors:
+        errors += plan_errors(doc)
+    return errors
 
 
 # Older majors are migrated one major at a time: MIGRATIONS[(kind, major)] turns a document of that major into
-# one of the next major. None exist while 1 is the only major; tests register one to prove the path.
+# one of a later major (normally the next). None exist while 1 is the only major; tests register one to prove
+# the path.
 MIGRATIONS: dict[tuple[str, int], Callable[[dict], dict]] = {}
 
 
@@ -133,7 +200,7 @@ def validate(doc: Any, source: str = "<document>", kind: str | None = None) -> d
     if not isinstance(doc, dict):
         raise DocumentError(source, f"$: expected a JSON object (a galvatron document), got {type(doc).__name__}")
     doc_kind = doc.get("kind")
-    if doc_kind not in known_versions() or doc_kind == "model-spec":
+    if not isinstance(doc_kind, str) or doc_kind not in DOCUMENT_KINDS or doc_kind not in known_versions():
         expected = ", ".join(DOCUMENT_KINDS)
         raise DocumentError(source, f"$.kind: expected one of {expected}, got {doc_kind!r}")
     if kind is not None and doc_kind != kind:
@@ -141,19 +208,31 @@ def validate(doc: Any, source: str = "<document>", kind: str | None = None) -> d
     raw_version = doc.get("schema_version")
     try:
         major, minor = parse_version(raw_version)
-    except (TypeError, ValueError):
-        raise DocumentError(source, f"$.schema_version: expected 'MAJOR.MINOR', got {raw_version!r}") from None
+    except ValueError:
+        raise DocumentError(source, f"$.schema_version: expected a string 'MAJOR.MINOR', got {raw_version!r}") from None
     versions = known_versions()[doc_kind]
-    majors = sorted({v[0] for v in versions})
-    if major > majors[-1]:
+    newest_major = versions[-1][0]
+    if major > newest_major:
         raise DocumentError(source, f"$.schema_version: {doc_kind} {raw_version} is newer than this reader "
                                     f"supports ({_supported_range(doc_kind)}); upgrade the tool")
-    if major < majors[0] or major not in majors:
+    if major < newest_major:
         step = MIGRATIONS.get((doc_kind, major))
         if step is None:
             raise DocumentError(source, f"$.schema_version: {doc_kind} {raw_version} is older than this reader "
                                         f"supports ({_supported_range(doc_kind)}) and no migration exists")
-        return validate(step(copy.deepcopy(doc)), source, kind)
+        if (major, minor) in versions:  # a release we still ship: check it before migrating it
+            errors = schema_errors(doc, doc_kind, f"{major}.{minor}")
+            if errors:
+                raise DocumentError(source, errors)
+        migrated = step(copy.deepcopy(doc))
+        try:
+            later = parse_version(migrated.get("schema_version")) > (major, minor)
+        except (AttributeError, ValueError):
+            later = False
+        if not later:
+            raise GalvatronError(f"internal error: the migration of {doc_kind} {raw_version} did not produce a "
+                                 f"later schema_version")
+        return validate(migrated, source, kind)
     minors = [v[1] for v in versions if v[0] == major]
     if minor in minors:
         errors = schema_errors(doc, doc_kind, f"{major}.{minor}")
@@ -165,6 +244,7 @@ def validate(doc: Any, source: str = "<document>", kind: str | None = None) -> d
     else:
         raise DocumentError(source, f"$.schema_version: {doc_kind} {raw_version} is not a released version "
                                     f"(known: {', '.join(f'{a}.{b}' for a, b in versions)})")
+    errors = errors or semantic_errors(doc)
     if errors:
         raise DocumentError(source, errors)
     return doc
@@ -172,9 +252,18 @@ def validate(doc: Any, source: str = "<document>", kind: str | None = None) -> d
 
 # --- reading ---------------------------------------------------------------------------------------------------
 
+def _line_col(text: str, pos: int) -> tuple[int, int]:
+    line = text.count("\n", 0, pos) + 1
+    return line, pos - (text.rfind("\n", 0, pos) + 1) + 1
+
+
 def iter_json(text: str, source: str) -> Iterator[Any]:
-    """The JSON values in ``text``: one, several concatenated, or one per line."""
-    decoder = json.JSONDecoder()
+    """The JSON values in ``text``: one, several concatenated, or one per line. NaN and Infinity are refused."""
+
+    def refuse(name):
+        raise ValueError(name)
+
+    decoder = json.JSONDecoder(parse_constant=refuse)
     pos, end = 0, len(text)
     while True:
         while pos < end and text[pos].isspace():
@@ -185,21 +274,29 @@ def iter_json(text: str, source: str) -> Iterator[Any]:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise DocumentError(source, f"line {e.lineno} column {e.colno}: malformed JSON ({e.msg})") from None
+        except ValueError as e:
+            line, col = _line_col(text, max(text.find(str(e), pos), pos))
+            raise DocumentError(source, f"line {line} column {col}: malformed JSON ({e} is not a JSON number; "
+                                        f"documents carry no NaN or Infinity)") from None
         yield value
+
+
+def _source_list(sources: Iterable[str | os.PathLike] | str | os.PathLike) -> list[str]:
+    if isinstance(sources, (str, os.PathLike)):
+        return [os.fspath(sources)]
+    return [os.fspath(s) for s in sources]
 
 
 def read_documents(sources: Iterable[str] | str, stdin=None) -> list[dict]:
     """Every document in the given paths (``-`` is stdin), validated, in order."""
-    if isinstance(sources, str):
-        sources = [sources]
     docs = []
-    for src in sources:
-        name = "<stdin>" if src == "-" else str(src)
+    for src in _source_list(sources):
+        name = "<stdin>" if src == "-" else src
         if src == "-":
             text = (stdin or sys.stdin).read()
         else:
             try:
-                text = Path(src).read_text(encoding="utf-8")
+                text = Path(src).read_text(encoding="utf-8-sig")
             except FileNotFoundError:
                 raise DocumentError(name, "no such file") from None
             except (OSError, UnicodeDecodeError) as e:
@@ -225,8 +322,9 @@ def route(docs: Iterable[dict], wanted: Iterable[str], source: str = "input") ->
 
 def read_one(sources: Iterable[str] | str, kind: str, stdin=None) -> dict:
     """Exactly one document of ``kind`` from the sources."""
-    docs = route(read_documents(sources, stdin), [kind])[kind]
-    name = sources if isinstance(sources, str) else ", ".join(sources)
+    names = _source_list(sources)
+    name = ", ".join("<stdin>" if n == "-" else n for n in names)
+    docs = route(read_documents(names, stdin), [kind], name)[kind]
     if len(docs) != 1:
         raise DocumentError(name, f"expected exactly one {kind} document, got {len(docs)}")
     return docs[0]
@@ -255,44 +353,69 @@ def _assert_finite(value: Any, path: str = "$") -> None:
         raise GalvatronError(f"internal error: {path} is {value} (documents carry no NaN or Infinity)")
     if isinstance(value, dict):
         for k, v in value.items():
-            _assert_finite(v, f"{path}.{k}")
-    elif isinstance(value, list):
+            _assert_finite(v, _child(path, str(k)))
+    elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             _assert_finite(v, f"{path}[{i}]")
 
 
 def dumps(doc: dict) -> str:
-    """Validate a document this tool produced and render it (an invalid one is a bug: GalvatronError, exit 1)."""
+    """Validate a document this tool produced and render it (an invalid one is a bug: GalvatronError, exit 1).
+
+    The document must be of a known kind and exactly a version this tool ships; the semantic checks apply too."""
+    if not isinstance(doc, dict):
+        raise GalvatronError(f"internal error: refusing to write {type(doc).__name__}, not a document")
+    kind, version = doc.get("kind"), doc.get("schema_version")
+    shipped = kind in DOCUMENT_KINDS and isinstance(version, str)
+    shipped = shipped and (SCHEMA_DIR / kind / f"{version}.schema.json").is_file()
+    if not shipped:
+        raise GalvatronError(f"internal error: refusing to write a document of kind {kind!r} version {version!r} "
+                             f"(this tool writes {', '.join(DOCUMENT_KINDS)} at a version it ships)")
     _assert_finite(doc)
-    errors = schema_errors(doc, doc["kind"], doc["schema_version"])
+    errors = schema_errors(doc, kind, version) or semantic_errors(doc)
     if errors:
-        raise GalvatronError("internal error: refusing to write an invalid " + doc["kind"] + ":\n  " + "\n  ".join(errors))
+        raise GalvatronError(f"internal error: refusing to write an invalid {kind}:\n  " + "\n  ".join(errors))
     return json.dumps(doc, indent=1, allow_nan=False) + "\n"
+
+
+def _new_file_mode(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise GalvatronError(f"cannot write {path}: {e}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode(path))  # mkstemp creates 0600; give the file the mode a plain open would
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise GalvatronError(f"cannot write {path}: {e}") from None
         raise
 
 
 def write_document(doc: dict, path: str | os.PathLike | None = "-", stream=None) -> None:
     """Validate, then write to ``path`` atomically, or to stdout (``-`` or None)."""
     text = dumps(doc)
-    if path in (None, "-"):
+    if path is None or path == "-":
         out = stream or sys.stdout
         out.write(text)
         out.flush()
