@@ -135,6 +135,13 @@ def _short(message: str) -> str:
 def _lines(error) -> list[tuple[list, str]]:
     """(sort key, '$.path: message') lines for one jsonschema error, pointing at the offending field itself."""
     if error.validator in ("oneOf", "anyOf") and error.context:
+        branches: dict[Any, list] = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        fitting = [subs for subs in branches.values()
+                   if not any(e.validator == "type" and not e.relative_path for e in subs)]
+        if len(fitting) == 1:  # the one branch of the instance's type: its own errors say what is wrong
+            return [line for sub in fitting[0] for line in _lines(sub)]
         error = best_match(error.context)
     key = [(0, p) if isinstance(p, int) else (1, str(p)) for p in error.absolute_path]
     path = error.json_path
