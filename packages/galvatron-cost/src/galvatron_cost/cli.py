@@ -1,12 +1,62 @@
-"""Command line of galvatron-cost (stub until its issue lands)."""
+"""Command line of galvatron-cost.
+
+    galvatron-cost fit hw.json model.json -o cost.json
+    { galvatron-probe bandwidth; galvatron-probe compute --model gpt2-small; } | galvatron-cost fit - --explain
+    galvatron-cost fit profiles.json --nodes 128 --gpus-per-node 8 --seq-len 2048 -o cost.json
+"""
+from __future__ import annotations
+
 import sys
+import time
 
 import click
 
+from . import __version__
+from ._contracts.documents import DocumentError, exits_cleanly, read_documents, route, write_document
+from ._contracts.models import load_model_spec
+from .costmodel import fit as fit_documents
+from .explain import explain
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def main(args):
-    """Not implemented yet."""
-    print("galvatron-cost: not implemented yet", file=sys.stderr)
-    sys.exit(1)
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="galvatron-cost")
+def main():
+    """Fit time and memory models of every candidate layer strategy (Galvatron microtools)."""
+
+
+@main.command("fit")
+@click.argument("docs", nargs=-1)
+@click.option("--nodes", type=click.IntRange(min=1), help="Target nodes (default: the profiled cluster's).")
+@click.option("--gpus-per-node", type=click.IntRange(min=1), help="Target ranks per node (default: profiled).")
+@click.option("--seq-len", type=click.IntRange(min=1), help="Training sequence length (default: longest profiled).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), help="Compute dtype (default: the profile's).")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
+@click.option("--max-tp", type=click.IntRange(min=1), help="Largest TP degree (default: gpus per node).")
+@click.option("--max-pp", type=click.IntRange(min=1), help="Largest pipeline degree (default: the model's layers).")
+@click.option("--runtime-overhead-mib", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Per-rank memory the runtime holds regardless of the plan.")
+@click.option("--model", "model_name", help="Check the model-profile is of this preset or config.json (exit 3).")
+@click.option("--explain", "show", is_flag=True, help="Print the fits and a few strategies' costs on stderr.")
+@click.option("-o", "--output", default="-", show_default=True, help="Output file ('-' for stdout).")
+@exits_cleanly
+def fit_cmd(docs, nodes, gpus_per_node, seq_len, dtype, optimizer, max_tp, max_pp, runtime_overhead_mib,
+            model_name, show, output):
+    """Read a hardware-profile and a model-profile (paths, '-' for stdin, or one stream holding both) and write
+    the cost model of every candidate layer strategy on the target cluster."""
+    sources = list(docs) or ["-"]
+    by_kind = route(read_documents(sources), ["hardware-profile", "model-profile"], ", ".join(sources))
+    for kind, found in by_kind.items():
+        if len(found) != 1:
+            raise DocumentError(", ".join(sources), f"expected exactly one {kind} document, got {len(found)}")
+    model = load_model_spec(model_name) if model_name else None
+    start = time.perf_counter()
+    doc = fit_documents(by_kind["hardware-profile"][0], by_kind["model-profile"][0], nodes=nodes,
+                        gpus_per_node=gpus_per_node, seq_len=seq_len, dtype=dtype, optimizer=optimizer,
+                        max_tp=max_tp, max_pp=max_pp, runtime_overhead_bytes=int(runtime_overhead_mib * 2**20),
+                        model=model)
+    elapsed = time.perf_counter() - start
+    write_document(doc, output)
+    if show:
+        sys.stderr.write(explain(doc))
+        n = sum(len(p["strategies"]) for p in doc["pipelines"])
+        sys.stderr.write(f"fitted {n} strategies over {len(doc['pipelines'])} pipeline degrees in {elapsed:.2f} s\n")

@@ -1,0 +1,356 @@
+"""Communication time: alpha-beta fits of the probed collectives and a hierarchical model for the rest.
+
+Every collective of ``n`` ranks moving a buffer of ``M`` bytes (the full, unsharded buffer per rank, as the
+hardware-profile records it) takes
+
+    time = alpha_s + wire_bytes / (bandwidth_gbps * 1e9),  wire_bytes = M * 2(n-1)/n  (all_reduce)
+                                                          wire_bytes = M * (n-1)/n   (all_gather, reduce_scatter,
+                                                                                      all_to_all)
+
+(ring volumes; ``bandwidth_gbps`` is the bus bandwidth). Each probed (op, group size, layout) is fitted with
+``scipy.optimize.least_squares`` on relative residuals ``pred/measured - 1`` with a soft-L1 loss (robust to the odd
+slow repeat), alpha >= 0 and bandwidth > 0.
+
+A group is described by its *topology* on the cluster: ``n`` ranks over ``nodes`` nodes, at most ``per_node`` of
+them on one node, and ``sharing`` groups of the same layout communicating through one node at once (training runs
+every group of a layout together). A target group whose topology equals a probed one reuses that fit. Any other
+group is extrapolated by the hierarchical model, two links derived from the probed fits:
+
+- intra-node link, per op: the bus bandwidth of the probed intra-node fit of the nearest group size, and a
+  per-step latency ``a_intra = alpha / steps(n)`` (steps: 2(n-1) for all_reduce, n-1 otherwise, as in a ring);
+- inter-node link, per op: ``B_node``, the bytes/s one node moves to other nodes, and a per-step latency ``a_inter``.
+
+A group within one node runs at the intra-node bandwidth. A group over ``m`` nodes with ``k`` ranks per node runs as
+an intra-node phase over ``k`` ranks followed by an inter-node phase over ``m`` nodes, whose traffic leaves each node
+through its link shared by the ``g`` groups of the layout that cross nodes there:
+
+    time/M  = w_intra / bw_intra + g * w_inter / B_node
+    all_reduce: w_intra = 2(k-1)/k, w_inter = 2(m-1)/m;  all_gather, reduce_scatter: (k-1)/k, (m-1)/m;
+    all_to_all: w_intra = (k-1)/n, w_inter = k(m-1)/m
+    alpha   = steps(k) * a_intra + steps(m) * a_inter
+
+so a group that spans nodes is bounded by the inter-node link. ``B_node`` and ``a_inter`` are solved from every
+probed cross-node fit with the same equations and their medians taken (an op without cross-node probes borrows the
+median of the others). The result is written back in the alpha-beta form above (``bandwidth = w(n) / (time/M)``)
+and flagged ``extrapolated``. p2p follows the same idea: a pipeline boundary inside a node runs at the probed
+intra-node p2p link, one that crosses nodes shares ``B_node_p2p`` (median of bandwidth x pairs crossing per node)
+between the pairs leaving a node.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from ._contracts.documents import DocumentError
+
+OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+BETA_FLOOR = 1e-18      # s/byte: keeps a fitted bandwidth finite (1e9 GB/s)
+
+
+def wire_factor(op: str, n: int) -> float:
+    """Bytes on the wire per byte of the full buffer (ring algorithms)."""
+    return 2.0 * (n - 1) / n if op == "all_reduce" else (n - 1) / n
+
+
+def latency_steps(op: str, n: int) -> int:
+    return 2 * (n - 1) if op == "all_reduce" else n - 1
+
+
+# --- alpha-beta fitting ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AlphaBeta:
+    alpha_s: float
+    bandwidth_gbps: float
+
+    def time(self, wire_bytes: float) -> float:
+        return self.alpha_s + wire_bytes / (self.bandwidth_gbps * 1e9)
+
+    def per_byte_s(self) -> float:
+        return 1.0 / (self.bandwidth_gbps * 1e9)
+
+
+def quality(pred: np.ndarray, measured: np.ndarray) -> dict:
+    """R^2 on the times, relative residuals |pred/measured - 1|, and the number of points."""
+    pred, measured = np.asarray(pred, float), np.asarray(measured, float)
+    ss_res = float(np.sum((pred - measured) ** 2))
+    ss_tot = float(np.sum((measured - measured.mean()) ** 2))
+    if ss_tot > 0:
+        r2 = 1.0 - ss_res / ss_tot
+    else:
+        r2 = 1.0 if ss_res <= 1e-24 else 0.0
+    rel = np.abs(pred / np.maximum(measured, 1e-300) - 1.0)
+    return {"r2": float(min(r2, 1.0)), "max_rel_residual": float(rel.max()) if rel.size else 0.0,
+            "median_rel_residual": float(np.median(rel)) if rel.size else 0.0, "points": int(measured.size)}
+
+
+def fit_alpha_beta(x_bytes, times) -> tuple[AlphaBeta, dict]:
+    """Fit time = alpha + beta * x (x: wire bytes) with alpha >= 0, beta > 0, robust loss on relative residuals.
+
+    >>> ab, q = fit_alpha_beta([1e3, 1e6, 1e8], [1e-4 + 1e-6, 1e-4 + 1e-3, 1e-4 + 1e-1])
+    >>> round(ab.alpha_s * 1e4, 2), round(ab.bandwidth_gbps, 2)
+    (1.0, 1.0)
+    """
+    x, t = np.asarray(x_bytes, float), np.asarray(times, float)
+    if x.size == 0:
+        raise ValueError("no points to fit")
+    t = np.maximum(t, 1e-12)
+    if np.unique(x).size < 2:                     # one message size: no latency term can be told apart
+        beta = max(float(np.median(t / x)), BETA_FLOOR)
+        ab = AlphaBeta(0.0, 1.0 / (beta * 1e9))
+        return ab, quality(beta * x, t)
+    ts, xs = float(np.median(t)), float(np.median(x))
+    # scaled unknowns p = (alpha / ts, beta * xs / ts) keep the problem well conditioned
+    A = np.stack([np.full_like(x, ts), x * ts / xs], axis=1) / t[:, None]
+    p0, *_ = np.linalg.lstsq(A, np.ones_like(t), rcond=None)
+    p0 = np.clip(p0, 1e-9, None)
+
+    def residual(p):
+        return A @ p - 1.0
+
+    sol = least_squares(residual, p0, bounds=([0.0, 0.0], [np.inf, np.inf]), loss="soft_l1", f_scale=0.05,
+                        method="trf")
+    alpha = float(sol.x[0] * ts)
+    beta = max(float(sol.x[1] * ts / xs), BETA_FLOOR)
+    ab = AlphaBeta(alpha, 1.0 / (beta * 1e9))
+    return ab, quality(alpha + beta * x, t)
+
+
+# --- topology of rank groups -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, order=True)
+class Topology:
+    """n ranks over `nodes` nodes, at most `per_node` on one node, `sharing` groups using one node at once."""
+    n: int
+    nodes: int
+    per_node: int
+    sharing: int
+
+    @property
+    def crosses(self) -> bool:
+        return self.nodes > 1
+
+    def describe(self) -> str:
+        if not self.crosses:
+            return f"{self.n} ranks in one node ({self.sharing} group(s) per node at once)"
+        return (f"{self.n} ranks over {self.nodes} nodes, <= {self.per_node} per node, "
+                f"{self.sharing} group(s) crossing each node at once")
+
+
+def groups_topology(groups: np.ndarray, gpus_per_node: int) -> Topology:
+    """The worst topology of a set of concurrent groups (rows of global ranks)."""
+    groups = np.atleast_2d(np.asarray(groups, dtype=np.int64))
+    ng, n = groups.shape
+    nodes = groups // gpus_per_node
+    lo = int(nodes.min())
+    nodes = nodes - lo
+    nn = int(nodes.max()) + 1
+    counts = np.bincount((np.arange(ng)[:, None] * nn + nodes).ravel(), minlength=ng * nn).reshape(ng, nn)
+    present = counts > 0
+    spans = present.sum(axis=1)
+    crossing = spans > 1
+    if crossing.any():
+        sharing = int(present[crossing].sum(axis=0).max())
+        return Topology(n, int(spans.max()), int(counts[crossing].max()), max(sharing, 1))
+    return Topology(n, 1, n, max(int(present.sum(axis=0).max()), 1))
+
+
+def strided_groups(world: int, n: int, stride: int, count: int | None = None) -> np.ndarray:
+    """Groups of n ranks spaced by `stride` partitioning [0, world) (the probe's layouts): rows of ranks."""
+    block = n * stride
+    if world % block:
+        raise ValueError(f"group of {n} with stride {stride} does not tile {world} ranks")
+    ranks = np.arange(world).reshape(world // block, n, stride).transpose(0, 2, 1).reshape(-1, n)
+    ranks = ranks[np.argsort(ranks[:, 0], kind="stable")]
+    return ranks if count is None else ranks[:count]
+
+
+def p2p_topology(senders: np.ndarray, distance: int, gpus_per_node: int) -> Topology:
+    """Pairs (r, r + distance), all at once: crossing pairs per node (sender side)."""
+    senders = np.asarray(senders, dtype=np.int64)
+    src, dst = senders // gpus_per_node, (senders + distance) // gpus_per_node
+    cross = src != dst
+    if not cross.any():
+        return Topology(2, 1, 2, 1)
+    sharing = int(np.bincount(src[cross] - src.min()).max())
+    return Topology(2, 2, 1, sharing)
+
+
+# --- the model -------------------------------------------------------------------------------------------------
+
+@dataclass
+class ProbedFit:
+    op: str
+    topo: Topology
+    layout: str
+    stride: int
+    ab: AlphaBeta
+    quality: dict
+    points: int
+
+
+@dataclass
+class _Links:
+    intra: list = field(default_factory=list)     # [(n, AlphaBeta, op)] intra-node fits
+    b_node: float | None = None                   # bytes/s one node moves off-node
+    a_inter: float | None = None                  # s per inter-node step
+
+
+def _w_hier(op: str, topo: Topology) -> tuple[float, float]:
+    k, m, n = topo.per_node, topo.nodes, topo.n
+    if op == "all_to_all":
+        return (k - 1) / n, k * (m - 1) / m
+    f = 2.0 if op == "all_reduce" else 1.0
+    return f * (k - 1) / k, f * (m - 1) / m
+
+
+class CommModel:
+    """Alpha-beta of any collective/p2p topology on the target cluster, from one hardware-profile."""
+
+    def __init__(self, hardware_profile: dict, source: str = "hardware-profile"):
+        self.source = source
+        cl = hardware_profile["cluster"]
+        self.profile_nodes, self.profile_gpn = cl["nodes"], cl["gpus_per_node"]
+        world = cl["world_size"]
+        self.probed: list[ProbedFit] = []
+        self.exact: dict[tuple[str, Topology], ProbedFit] = {}
+        for i, entry in enumerate(hardware_profile["collectives"]):
+            op, n = entry["op"], entry["group_size"]
+            x = np.array([p["message_bytes"] for p in entry["points"]], float) * wire_factor(op, n)
+            t = np.array([p["time"]["median_s"] for p in entry["points"]], float)
+            ab, q = fit_alpha_beta(x, t)
+            try:
+                groups = strided_groups(world, n, entry["stride"], entry["concurrent_groups"])
+                topo = groups_topology(groups, self.profile_gpn)
+            except ValueError:
+                raise DocumentError(source, f"$.collectives[{i}]: a group of {n} with stride {entry['stride']} "
+                                            f"does not tile the {world} ranks of the profiled cluster") from None
+            fit = ProbedFit(op, topo, entry["layout"], entry["stride"], ab, q, len(t))
+            self.probed.append(fit)
+            key = (op, topo)
+            if key not in self.exact or fit.points > self.exact[key].points:
+                self.exact[key] = fit
+        self.links = {op: _Links() for op in OPS}
+        for f in self.probed:
+            if not f.topo.crosses:
+                self.links[f.op].intra.append((f.topo.n, f.ab, f.op))
+        for op in OPS:
+            est_b, est_a = [], []
+            for f in self.probed:
+                if f.op != op or not f.topo.crosses:
+                    continue
+                intra = self._intra(op, f.topo.per_node) if f.topo.per_node > 1 else None
+                w_in, w_out = _w_hier(op, f.topo)
+                per_byte = wire_factor(op, f.topo.n) * f.ab.per_byte_s()
+                intra_part = w_in * intra.per_byte_s() if intra else 0.0
+                inter_part = max(per_byte - intra_part, 0.1 * per_byte)
+                est_b.append(f.topo.sharing * w_out / inter_part)
+                a_in = latency_steps(op, f.topo.per_node) * self._a_intra(op, f.topo.per_node) if intra else 0.0
+                est_a.append(max(f.ab.alpha_s - a_in, 0.0) / latency_steps(op, f.topo.nodes))
+            if est_b:
+                self.links[op].b_node, self.links[op].a_inter = float(np.median(est_b)), float(np.median(est_a))
+        have_b = [lk.b_node for lk in self.links.values() if lk.b_node is not None]
+        have_a = [lk.a_inter for lk in self.links.values() if lk.a_inter is not None]
+        for lk in self.links.values():
+            if lk.b_node is None and have_b:
+                lk.b_node, lk.a_inter = float(np.median(have_b)), float(np.median(have_a))
+        self._p2p_fits(hardware_profile, world)
+
+    # intra-node link of an op, from the probed fit of the nearest group size (borrowing other ops if none)
+    def _nearest_intra(self, op: str, n: int):
+        cands = self.links[op].intra or [c for o in OPS for c in self.links[o].intra]
+        if not cands:
+            return None
+        return min(cands, key=lambda c: (abs(math.log2(c[0]) - math.log2(max(n, 1))), -c[0]))
+
+    def _intra(self, op: str, n: int) -> AlphaBeta | None:
+        c = self._nearest_intra(op, n)
+        return None if c is None else c[1]
+
+    def _a_intra(self, op: str, n: int) -> float:
+        """Per-step latency of the intra-node link (alpha / ring steps of the nearest probed fit)."""
+        n0, ab, op0 = self._nearest_intra(op, n)
+        return ab.alpha_s / latency_steps(op0, n0)
+
+    def collective(self, op: str, topo: Topology, what: str = "") -> tuple[AlphaBeta, bool, str]:
+        """(alpha-beta, extrapolated, method) of `op` over a group with this topology."""
+        hit = self.exact.get((op, topo))
+        if hit is not None:
+            return hit.ab, False, "probed fit of the same topology"
+        intra = self._intra(op, topo.per_node if topo.crosses else topo.n)
+        if intra is None and (not topo.crosses or topo.per_node > 1):
+            raise DocumentError(self.source, f"$.collectives: cannot derive {op} over {topo.describe()}"
+                                             f"{what}: the profile has no intra-node group to derive the intra-node "
+                                             f"link from (probe a cluster with more than one rank per node)")
+        if not topo.crosses:
+            a = latency_steps(op, topo.n) * self._a_intra(op, topo.n)
+            return AlphaBeta(a, intra.bandwidth_gbps), True, "hierarchical model: intra-node link"
+        links = self.links[op]
+        if links.b_node is None:
+            raise DocumentError(self.source, f"$.collectives: cannot derive {op} over {topo.describe()}{what}: "
+                                             f"the profile has no group that crosses nodes (profiled "
+                                             f"{self.profile_nodes} node(s)); probe at least 2 nodes")
+        w_in, w_out = _w_hier(op, topo)
+        per_byte = (w_in * intra.per_byte_s() if topo.per_node > 1 else 0.0) + topo.sharing * w_out / links.b_node
+        bw = wire_factor(op, topo.n) / per_byte / 1e9
+        a = (latency_steps(op, topo.per_node) * self._a_intra(op, topo.per_node) if topo.per_node > 1 else 0.0) \
+            + latency_steps(op, topo.nodes) * links.a_inter
+        return AlphaBeta(a, bw), True, "hierarchical model: intra-node phase + inter-node link shared per node"
+
+    # --- p2p ---
+    def _p2p_fits(self, hardware_profile: dict, world: int) -> None:
+        self.p2p_probed: list[tuple[int, Topology, AlphaBeta, dict]] = []
+        self.p2p_exact: dict[Topology, AlphaBeta] = {}
+        for entry in hardware_profile["p2p"]:
+            pp = entry["pp_degree"]
+            dist = world // pp
+            x = np.array([p["message_bytes"] for p in entry["points"]], float)
+            t = np.array([p["time"]["median_s"] for p in entry["points"]], float)
+            ab, q = fit_alpha_beta(x, t)
+            # the probed boundary: the first whose node crossing matches the profile's flag
+            pairs = min(entry["concurrent_pairs"], dist)
+            topos = [p2p_topology(k * dist + np.arange(pairs), dist, self.profile_gpn) for k in range(pp - 1)]
+            topo = next((t for t in topos if t.crosses == entry["crosses_nodes"]), topos[0])
+            self.p2p_probed.append((pp, topo, ab, q))
+            self.p2p_exact.setdefault(topo, ab)
+        intra = [ab for _, topo, ab, _ in self.p2p_probed if not topo.crosses]
+        cross = [(topo, ab) for _, topo, ab, _ in self.p2p_probed if topo.crosses]
+        self.p2p_intra = AlphaBeta(float(np.median([a.alpha_s for a in intra])),
+                                   float(np.median([a.bandwidth_gbps for a in intra]))) if intra else None
+        if cross:
+            self.p2p_b_node = float(np.median([ab.bandwidth_gbps * 1e9 * t.sharing for t, ab in cross]))
+            self.p2p_a_inter = float(np.median([ab.alpha_s for _, ab in cross]))
+        else:
+            self.p2p_b_node = self.p2p_a_inter = None
+
+    def p2p(self, topo: Topology, what: str = "") -> tuple[AlphaBeta, bool, str]:
+        hit = self.p2p_exact.get(topo)
+        if hit is not None:
+            return hit, False, "probed fit of the same topology"
+        intra = self.p2p_intra
+        intra_method = "intra-node p2p link"
+        if intra is None:       # a 2-rank intra-node all_gather is one send of M/2 each way: the same link
+            ag = self._intra("all_gather", 2)
+            if ag is not None:
+                intra, intra_method = AlphaBeta(self._a_intra("all_gather", 2), ag.bandwidth_gbps), \
+                    "intra-node link of the 2-rank all_gather"
+        if not topo.crosses:
+            if intra is None:
+                raise DocumentError(self.source, f"$.p2p: cannot derive p2p inside a node{what}: the profile has "
+                                                 f"no intra-node p2p or collective to derive it from")
+            return intra, True, f"hierarchical model: {intra_method}"
+        b_node, a_inter, how = self.p2p_b_node, self.p2p_a_inter, "inter-node p2p link shared per node"
+        if b_node is None:
+            links = self.links["all_gather"]
+            if links.b_node is None:
+                raise DocumentError(self.source, f"$.p2p: cannot derive p2p across nodes{what}: the profile has "
+                                                 f"no measurement that crosses nodes (profiled "
+                                                 f"{self.profile_nodes} node(s))")
+            b_node, a_inter, how = links.b_node, links.a_inter, "inter-node link of the collectives shared per node"
+        bw = b_node / topo.sharing / 1e9
+        if intra is not None:
+            bw = min(bw, intra.bandwidth_gbps)
+        return AlphaBeta(a_inter, bw), True, f"hierarchical model: {how}"
