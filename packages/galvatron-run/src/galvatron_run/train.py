@@ -1,0 +1,349 @@
+"""Build a rank's part of the model from a plan and train it.
+
+    state = build_state(plan, device, dtype="fp32", steps=10)      # after init_process_group
+    records = train(state, data, steps=10, callback=None)
+
+``TrainState`` keeps everything a checkpoint needs (``model_parts``, ``optimizers``, ``scheduler``, ``step``), so
+``torch.distributed.checkpoint.state_dict.get_state_dict(state.model, state.optimizer)`` saves it by plan-independent
+FQNs; ``train`` takes the data source and calls ``callback(state, record)`` after every step.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .measure import PeakMemory, SavedTensors, tensor_bytes
+from .model import Decoder, ce_loss_sum, initial_value
+from .parallel import (Env, Unit, apply_fsdp, apply_tp, clip_grads, local, make_env, move, sync_grads,
+                       vocab_parallel_ce_sum, wrap_root)
+from .plan import Layout
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def log(msg: str) -> None:
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    print(f"[rank {rank}] {msg}", file=sys.stderr, flush=True)
+
+
+class Stage(Decoder):
+    """A pipeline stage's modules; forward moves the activation between the layouts of consecutive layers."""
+
+    def configure(self, env: Env, lays: dict, in_layout: Layout | None, b: int, s: int, act_dtype: torch.dtype):
+        self._env, self._lays, self._in, self._b, self._s, self._act = env, lays, in_layout, b, s, act_dtype
+        cur = lays["embedding"] if self.embedding is not None else in_layout
+        for i in self.layers:
+            cur = lays[int(i)]
+        self.out_layout = lays["head"] if self.head is not None else cur
+
+    def forward(self, x):
+        env, lays = self._env, self._lays
+        if self.embedding is not None:
+            r0, nr, _, _ = lays["embedding"].block(env.j, self._b, self._s)
+            x = self.embedding(x[r0:r0 + nr])
+            cur = lays["embedding"]
+        else:
+            cur = self._in
+        for i, block in self.layers.items():
+            lay = lays[int(i)]
+            x = move(x, cur, lay, env)
+            cur = lay
+            x = block(x)
+        if self.head is not None:
+            return self.head(move(x, cur, lays["head"], env))
+        return x.to(self._act)
+
+
+class _PipeModule(nn.Module):
+    """A plain wrapper, so that the pipelining stage does not drive FSDP's per-micro-batch gradient sync."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def lr_at(step: int, opt: dict, steps: int) -> float:
+    """Linear warm-up to lr over warmup_steps, then cosine decay to min_lr over decay_steps (default: the run)."""
+    lr, min_lr = opt.get("lr", 3e-4), opt.get("min_lr", 3e-5)
+    warm = opt.get("warmup_steps", 10)
+    decay = opt.get("decay_steps") or steps
+    if step < warm:
+        return lr * (step + 1) / (warm + 1)
+    if step >= decay:
+        return min_lr
+    ratio = (step - warm) / max(1, decay - warm)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def make_optimizer(params: list[nn.Parameter], opt: dict):
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": opt.get("weight_decay", 0.1)},
+              {"params": no_decay, "weight_decay": 0.0}]
+    lr = opt.get("lr", 3e-4)
+    if opt["name"] == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, foreach=False)
+    betas = tuple(opt.get("betas", (0.9, 0.95)))
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=opt.get("eps", 1e-8), foreach=False)
+
+
+@dataclass
+class TrainState:
+    plan: dict
+    env: Env
+    model: Stage
+    units: list[Unit]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    dtype: str
+    seq_len: int
+    steps: int
+    step: int = 0                      # the next step to run (a resumed run sets it)
+    schedule: object = None            # torch.distributed.pipelining schedule (pp > 1)
+    tie: tuple | None = None
+    skip_norm: set = field(default_factory=set)
+
+    @property
+    def model_parts(self) -> list[nn.Module]:
+        return [self.model]
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    @property
+    def first(self) -> bool:
+        return self.env.stage == 0
+
+    @property
+    def last(self) -> bool:
+        return self.env.stage == self.env.pp - 1
+
+
+def build_state(plan: dict, device: torch.device, *, dtype: str | None = None, steps: int = 1,
+                seq_len: int | None = None, timeout_s: float = 60.0) -> TrainState:
+    """Groups, meshes, modules (initialised identically for every plan), TP, FSDP2, optimizer, schedule."""
+    spec = plan["model"]
+    dtype = dtype or plan["training"]["dtype"]
+    seq = seq_len or plan["training"]["seq_len"]
+    env = make_env(plan, device, timeout_s)
+    pp, k = env.pp, env.stage
+    st = plan["stages"][k]
+    first, last = k == 0, k == pp - 1
+    ids = list(range(st["layer_start"], st["layer_end"]))
+    model = Stage(spec, ids, first, last, tie=False)
+    seed = plan["training"].get("seed", 1234)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(initial_value(spec, name, p.shape, seed))
+    model.to(device)
+    lays = {"embedding": Layout.of(plan["embedding"]), "head": Layout.of(plan["head"])}
+    lays.update({i: Layout.of(plan["layers"][i]) for i in range(len(plan["layers"]))})
+    in_layout = None
+    if not first:
+        prev = plan["stages"][k - 1]
+        in_layout = lays[prev["layer_end"] - 1] if prev["layer_end"] > prev["layer_start"] else None
+        if in_layout is None:          # walk back over stages without decoder layers
+            for kk in range(k - 1, -1, -1):
+                p_st = plan["stages"][kk]
+                if p_st["layer_end"] > p_st["layer_start"]:
+                    in_layout = lays[p_st["layer_end"] - 1]
+                    break
+            else:
+                in_layout = lays["embedding"]
+    b = plan["micro_batch_size"]
+    act = DTYPES[dtype]
+    model.configure(env, lays, in_layout, b, seq, act)
+
+    units = []
+    if first:
+        units.append(Unit("embedding", "embedding.", model.embedding, plan["embedding"], lays["embedding"]))
+    for i in ids:
+        blk = model.layers[str(i)]
+        blk.recompute = bool(plan["layers"][i]["recompute"])
+        units.append(Unit(f"layers[{i}]", f"layers.{i}.", blk, plan["layers"][i], lays[i]))
+    if last:
+        units.append(Unit("head", "head.", model.head, plan["head"], lays["head"]))
+    for u in units:
+        apply_tp(u, env, spec["family"], seq)
+    for u in units:
+        apply_fsdp(u, env, act)
+    wrap_root(model, units, env)
+
+    opt = {"name": "adamw", **plan["training"]["optimizer"]}
+    optimizer = make_optimizer(list(model.parameters()), opt)
+    base = opt.get("lr", 3e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_at(s, opt, steps) / base if base > 0 else 0.0)
+    state = TrainState(plan, env, model, units, optimizer, scheduler, dtype, seq, steps)
+    if spec["tied_embeddings"]:
+        emb = model.embedding.tok.weight if first else None
+        head = model.head.out.weight if last else None
+        state.tie = (emb, head)
+        if first and last:
+            state.skip_norm = {id(head)}
+    if pp > 1:
+        state.schedule = _make_schedule(state, b, seq)
+    return state
+
+
+def _loss_fn(state: TrainState):
+    """Per micro-batch: this rank's share of the global mean token loss (summing over ranks gives the mean)."""
+    plan, env = state.plan, state.env
+    lay = Layout.of(plan["head"])
+    b, s = plan["micro_batch_size"], state.seq_len
+    denom = float(plan["global_batch"] * s)
+    r0, nr, _, _ = lay.block(env.j, b, s)
+    tp_rank = lay.coords(env.j)[0]
+    vocab_shard = plan["model"]["vocab_size"] // lay.tp
+
+    def loss_fn(logits, targets):
+        tgt = targets[r0:r0 + nr]
+        if lay.tp == 1:
+            return ce_loss_sum(logits, tgt) / denom
+        return vocab_parallel_ce_sum(logits, tgt, env.tp_group(lay), tp_rank * vocab_shard) / denom
+
+    return loss_fn
+
+
+def _make_schedule(state: TrainState, b: int, s: int):
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+    env, plan = state.env, state.plan
+    h = plan["model"]["hidden"]
+    act = DTYPES[state.dtype]
+
+    def example(lay: Layout):
+        return torch.empty(b // lay.dp, s // lay.tp if lay.sp else s, h, dtype=act, device=env.device,
+                           requires_grad=True)
+
+    model = state.model
+    inp = torch.empty(b, s, dtype=torch.long, device=env.device) if state.first else example(model._in)
+    if state.last:
+        lay = model._lays["head"]
+        out = torch.empty(b // lay.dp, s, plan["model"]["vocab_size"] // lay.tp, dtype=act, device=env.device,
+                          requires_grad=True)
+    else:
+        out = example(model.out_layout)
+    pp_group = env.group([kk * env.size + env.j for kk in range(env.pp)])
+    stage = PipelineStage(_PipeModule(model), env.stage, env.pp, env.device, input_args=(inp,), output_args=(out,),
+                          group=pp_group)
+    cls = Schedule1F1B if plan["schedule"] == "1f1b" else ScheduleGPipe
+    return cls(stage, n_microbatches=plan["micro_batches"], loss_fn=_loss_fn(state), scale_grads=False)
+
+
+def _forward_backward(state: TrainState, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """All micro-batches of one step; returns this rank's contribution to the global mean loss."""
+    plan = state.plan
+    m, b = plan["micro_batches"], plan["micro_batch_size"]
+    dev = state.env.device
+    x, y = x.to(dev), y.to(dev)
+    losses: list[torch.Tensor] = []
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=state.dtype == "bf16"):
+        if state.schedule is None:
+            loss_fn = _loss_fn(state)
+            if plan["schedule"] == "gpipe":
+                pending = [loss_fn(state.model(x[i * b:(i + 1) * b]), y[i * b:(i + 1) * b]) for i in range(m)]
+                for loss in pending:
+                    loss.backward()
+                losses = [loss.detach() for loss in pending]
+            else:
+                for i in range(m):
+                    loss = loss_fn(state.model(x[i * b:(i + 1) * b]), y[i * b:(i + 1) * b])
+                    loss.backward()
+                    losses.append(loss.detach())
+        elif state.first:
+            state.schedule.step(x)
+        elif state.last:
+            state.schedule.step(target=y, losses=losses)
+        else:
+            state.schedule.step()
+    total = torch.zeros((), dtype=torch.float64)
+    lay = Layout.of(plan["head"])
+    if state.last and lay.coords(state.env.j)[0] == 0:
+        total += sum(float(v.detach().float()) for v in losses)
+    return total
+
+
+def train_step(state: TrainState, data, memory: PeakMemory | None = None, saved: SavedTensors | None = None) -> dict:
+    """One optimizer step on data.batch(state.step); returns the step's record (loss, time, lr, grad_norm, ...)."""
+    plan = state.plan
+    x, y = data.batch(state.step)
+    lr = state.optimizer.param_groups[0]["lr"]
+    acc = {}
+    dist.barrier()
+    t0 = time.perf_counter()
+    with (memory.measure() if memory else contextlib.nullcontext()):
+        state.optimizer.zero_grad(set_to_none=True)
+        with (saved.hooks() if saved else contextlib.nullcontext()):
+            loss = _forward_backward(state, x, y)
+        sync_grads(state.units, state.env, state.tie, state.env.pp)
+        if memory is not None:
+            acc["grad_bytes"] = tensor_bytes(local(p.grad) for p in state.model.parameters() if p.grad is not None)
+        max_norm = plan["training"]["optimizer"].get("grad_clip", 1.0)
+        norm = clip_grads(state.units, max_norm, state.skip_norm)
+        state.optimizer.step()
+        state.scheduler.step()
+    dist.all_reduce(loss)
+    dist.barrier()
+    elapsed = time.perf_counter() - t0
+    t = torch.tensor([elapsed], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    record = {"step": state.step, "loss": float(loss), "time_s": float(t), "tokens": plan["global_batch"] * state.seq_len,
+              "lr": float(lr), "grad_norm": float(norm)}
+    state.step += 1
+    return record, acc
+
+
+def train(state: TrainState, data, steps: int, *, warmup_steps: int = 0,
+          callback: Callable[[TrainState, dict], None] | None = None, measure_memory: bool = True) -> dict:
+    """Run until ``state.step == steps``; returns {"steps": records, "memory": this rank's measurement or None}.
+
+    ``callback(state, record)`` runs after every step on every rank (checkpointing plugs in here)."""
+    records, mem_out = [], None
+    profile_at = None
+    if measure_memory and state.step < steps:
+        # The second step when there is one: optimizer states exist, so the peak is the steady-state one.
+        profile_at = state.step + 1 if steps - state.step >= 2 else state.step
+    while state.step < steps:
+        profiled = state.step == profile_at
+        memory = PeakMemory(state.env.device) if profiled else None
+        saved = SavedTensors() if profiled else None
+        record, acc = train_step(state, data, memory, saved)
+        record["warmup"] = record["step"] < warmup_steps or profiled
+        if profiled:
+            mem_out = {"peak_bytes": int(memory.peak), "baseline_bytes": int(memory.baseline), "method": memory.method,
+                       "accounting": {
+                           "param_bytes": tensor_bytes(local(p) for p in state.model.parameters()),
+                           "grad_bytes": int(acc.get("grad_bytes", 0)),
+                           "optimizer_bytes": tensor_bytes(local(v) for st in state.optimizer.state.values()
+                                                           for v in st.values() if torch.is_tensor(v)),
+                           "activation_bytes": int(saved.peak)}}
+        records.append(record)
+        if dist.get_rank() == 0:
+            log(f"step {record['step']}: loss {record['loss']:.4f} lr {record['lr']:.2e} "
+                f"grad_norm {record['grad_norm']:.3f} time {record['time_s']:.3f}s"
+                f"{' (excluded)' if record['warmup'] else ''}")
+        if callback is not None:
+            callback(state, record)
+    return {"steps": records, "memory": mem_out}
+
+
+@torch.no_grad()
+def full_parameters(state: TrainState) -> dict[str, torch.Tensor]:
+    """{FQN: full fp32 tensor} of this stage's parameters (collective over the stage's meshes)."""
+    out = {}
+    for name, p in state.model.named_parameters():
+        from torch.distributed.tensor import DTensor
+        out[name] = (p.full_tensor() if isinstance(p, DTensor) else p).detach().float().cpu().clone()
+    return out
