@@ -1,12 +1,100 @@
-"""Command line of galvatron-search (stub until its issue lands)."""
+"""Command line: `galvatron-search --memory GIB [COST_MODEL|-]` and `galvatron-search evaluate PLAN COST_MODEL`.
+
+Exit codes: 0 ok; 2 usage; 3 invalid input document; 4 infeasible (no plan fits; a plan does not fit the cluster).
+"""
+from __future__ import annotations
+
 import sys
+import time
 
 import click
 
+from ._contracts.documents import UsageError, exits_cleanly, read_one, write_document
+from .costs import CostTables
+from .document import baselines, plan_document
+from .evaluate import evaluate_spec, plan_spec, predictions
+from .explain import explain
+from .search import Options, require, run_search
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def main(args):
-    """Not implemented yet."""
-    print("galvatron-search: not implemented yet", file=sys.stderr)
-    sys.exit(1)
+
+class DefaultGroup(click.Group):
+    """A group whose default command is `search`: `galvatron-search --memory 36 cm.json` works."""
+
+    def parse_args(self, ctx, args):
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h", "--version")):
+            args = ["search", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="galvatron-search")
+def main():
+    """Find the fastest hybrid-parallel plan under a memory budget (default command: search)."""
+
+
+@main.command("search")
+@click.argument("cost_model", default="-", metavar="[COST_MODEL|-]")
+@click.option("--memory", "memory", type=float, required=True, help="Per-GPU memory budget in GiB.")
+@click.option("--global-batch", type=click.IntRange(min=1), help="Fix the global batch (default: search a range).")
+@click.option("--min-global-batch", type=click.IntRange(min=1), help="Range searched without --global-batch "
+              "(powers of two; default world size).")
+@click.option("--max-global-batch", type=click.IntRange(min=1), help="Default 8 x world size.")
+@click.option("--max-tp", type=click.IntRange(min=1), help="Largest tensor-parallel degree.")
+@click.option("--max-pp", type=click.IntRange(min=1), help="Largest pipeline degree.")
+@click.option("--no-recompute", is_flag=True, help="Never recompute activations.")
+@click.option("--dp-only", is_flag=True, help="Data parallel only (tp 1), pipeline still searched unless --max-pp 1.")
+@click.option("--sharding", "shardings", multiple=True, type=click.Choice(["ddp", "zero2", "zero3"]),
+              help="Allowed data-parallel shardings (repeatable; default all).")
+@click.option("--uniform", is_flag=True, help="One strategy for every layer, layers split evenly (Megatron-style).")
+@click.option("--schedule", "schedule", type=click.Choice(["1f1b", "gpipe"]), help="Fix the schedule (default: both).")
+@click.option("--buckets", type=click.IntRange(min=8, max=65536), default=256, show_default=True,
+              help="Memory buckets per stage in the DP (quantisation, rounded up).")
+@click.option("--no-baselines", is_flag=True, help="Skip the baselines in the search record.")
+@click.option("--explain", is_flag=True, help="Print the baselines and the plan per stage on stderr.")
+@click.option("-o", "--output", default="-", help="Write the plan here (default stdout).")
+@exits_cleanly
+def search_cmd(cost_model, memory, global_batch, min_global_batch, max_global_batch, max_tp, max_pp, no_recompute,
+               dp_only, shardings, uniform, schedule, buckets, no_baselines, explain, output):
+    """Search the plan for COST_MODEL (a cost-model document; '-' reads stdin)."""
+    if not memory > 0:
+        raise UsageError(f"--memory must be positive, got {memory}")
+    t0 = time.perf_counter()
+    cm = read_one(cost_model, "cost-model")
+    tables = CostTables(cm)
+    opts = Options(memory_bytes=memory * 2 ** 30, global_batch=global_batch, min_global_batch=min_global_batch,
+                   max_global_batch=max_global_batch, max_tp=max_tp, max_pp=max_pp, recompute=not no_recompute,
+                   dp_only=dp_only, uniform=uniform, buckets=buckets,
+                   shardings=tuple(shardings) or ("ddp", "zero2", "zero3"),
+                   schedules=(schedule,) if schedule else ("1f1b", "gpipe"))
+    result, _ = run_search(tables, opts)
+    require(result, tables, opts)
+    base = None if no_baselines else baselines(tables, opts)
+    doc = plan_document(tables, result.spec, opts, time.perf_counter() - t0, result.candidates, base)
+    if explain:
+        explain_out(doc)
+    write_document(doc, output)
+
+
+@main.command("evaluate")
+@click.argument("plan")
+@click.argument("cost_model")
+@click.option("--explain", is_flag=True, help="Print the plan per stage on stderr.")
+@click.option("-o", "--output", default="-", help="Write the plan with its predictions here (default stdout).")
+@exits_cleanly
+def evaluate_cmd(plan, cost_model, explain, output):
+    """Predictions for PLAN (any plan, hand-written too) under COST_MODEL; the plan is written back with them."""
+    if plan == "-" and cost_model == "-":
+        raise UsageError("only one of PLAN and COST_MODEL can be stdin")
+    doc = read_one(plan, "plan")
+    cm = read_one(cost_model, "cost-model")
+    tables = CostTables(cm)
+    spec = plan_spec(doc, tables, "<stdin>" if plan == "-" else plan)
+    doc = dict(doc)
+    doc["predictions"] = predictions(tables, spec, evaluate_spec(tables, spec))
+    if explain:
+        explain_out(doc)
+    write_document(doc, output)
+
+
+def explain_out(doc: dict) -> None:
+    print(explain(doc), file=sys.stderr)

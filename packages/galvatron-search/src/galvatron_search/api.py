@@ -1,0 +1,43 @@
+"""Python API: the same documents as the command line.
+
+    import json, galvatron_search
+    cm = json.load(open("cost_model.json"))
+    plan = galvatron_search.search(cm, memory_gib=36, global_batch=64)
+    plan["predictions"]["samples_per_s"], plan["search"]["baselines"]
+    galvatron_search.evaluate(plan, cm)           # the predictions section, for any plan
+"""
+from __future__ import annotations
+
+import time
+
+from ._contracts.documents import validate
+from .costs import CostTables
+from .document import baselines, plan_document
+from .evaluate import evaluate as _evaluate
+from .search import Options, require, run_search
+
+
+def search(cost_model: dict, memory_gib: float, *, with_baselines: bool = True, **options) -> dict:
+    """The best plan for a cost-model document under `memory_gib` GiB per GPU (options: see search.Options).
+
+    Raises InfeasibleError (exit 4) naming the smallest budget at which a plan exists."""
+    from .errors import UsageError
+
+    if not memory_gib > 0:
+        raise UsageError(f"--memory must be positive, got {memory_gib}")
+    validate(cost_model, "cost model", "cost-model")
+    t0 = time.perf_counter()
+    tables = CostTables(cost_model)
+    opts = Options(memory_bytes=float(memory_gib) * 2 ** 30, **options)
+    result, _ = run_search(tables, opts)
+    require(result, tables, opts)
+    base = baselines(tables, opts) if with_baselines else None
+    seconds = time.perf_counter() - t0
+    return plan_document(tables, result.spec, opts, seconds, result.candidates, base)
+
+
+def evaluate(plan: dict, cost_model: dict, source: str = "plan") -> dict:
+    """Predictions (the plan schema's `predictions` section) of any plan under a cost model."""
+    validate(plan, source, "plan")
+    validate(cost_model, "cost model", "cost-model")
+    return _evaluate(plan, CostTables(cost_model), source)

@@ -1,0 +1,142 @@
+"""Plan documents: the spec written out with ranks and groups (docs/CONVENTIONS), predictions, the search record."""
+from __future__ import annotations
+
+import dataclasses
+
+from . import __version__
+from ._contracts.documents import digest, producer
+from .costs import CostTables
+from .evaluate import Spec, evaluate_spec, predictions, strategy_dict
+from .search import INF, Options, global_batches, uniform_best
+
+
+def groups(tp: int, tp_layout: str, S: int, base: int) -> tuple[list[list[int]], list[list[int]]]:
+    """tp and dp groups (global ranks) of a stage starting at `base` with S ranks."""
+    dp = S // tp
+    if tp_layout == "consecutive":
+        tp_groups = [[base + r * tp + t for t in range(tp)] for r in range(dp)]
+        dp_groups = [[base + r * tp + t for r in range(dp)] for t in range(tp)]
+    else:
+        tp_groups = [[base + t * dp + r for t in range(tp)] for r in range(dp)]
+        dp_groups = [[base + t * dp + r for r in range(dp)] for t in range(tp)]
+    return tp_groups, dp_groups
+
+
+def plan_body(tables: CostTables, spec: Spec) -> dict:
+    cm = tables.doc
+    pipe = tables.pipeline(spec.pp)
+    S = pipe.stage_ranks
+    layers = [strategy_dict(pipe, "decoder", r) for r in spec.dec]
+    emb = strategy_dict(pipe, "embedding", spec.emb)
+    head = strategy_dict(pipe, "head", spec.head)
+    stages = []
+    for k in range(spec.pp):
+        used = layers[spec.bounds[k]:spec.bounds[k + 1]] + ([emb] if k == 0 else []) + ([head] if k == spec.pp - 1 else [])
+        seen, lays = set(), []
+        for s in used:
+            key = (s["tp"], s["tp_layout"])
+            if key in seen:
+                continue
+            seen.add(key)
+            tg, dg = groups(s["tp"], s["tp_layout"], S, k * S)
+            lays.append({"tp": s["tp"], "tp_layout": s["tp_layout"], "dp": S // s["tp"], "tp_groups": tg, "dp_groups": dg})
+        stages.append({"index": k, "ranks": list(range(k * S, (k + 1) * S)), "layer_start": spec.bounds[k],
+                       "layer_end": spec.bounds[k + 1], "layouts": lays})
+    cluster = {key: cm["cluster"][key] for key in ("nodes", "gpus_per_node", "world_size", "device", "backend")}
+    return {
+        "kind": "plan", "schema_version": "1.0",
+        "producer": producer("galvatron-search", __version__),
+        "model": cm["model"], "cluster": cluster,
+        "training": {"seq_len": cm["training"]["seq_len"], "dtype": cm["training"]["dtype"],
+                     "optimizer": {"name": cm["training"]["optimizer"]}},
+        "global_batch": spec.b * spec.m, "micro_batch_size": spec.b, "micro_batches": spec.m,
+        "schedule": spec.schedule, "stages": stages, "layers": layers, "embedding": emb, "head": head,
+    }
+
+
+def summary(doc_or_spec, tables: CostTables | None = None) -> str:
+    """One line: pp, strategies (run-length), micro-batching, schedule."""
+    if isinstance(doc_or_spec, Spec):
+        pipe = tables.pipeline(doc_or_spec.pp)
+        layers = [strategy_dict(pipe, "decoder", r) for r in doc_or_spec.dec]
+        pp, b, m, sched = doc_or_spec.pp, doc_or_spec.b, doc_or_spec.m, doc_or_spec.schedule
+        sizes = [doc_or_spec.bounds[i + 1] - doc_or_spec.bounds[i] for i in range(pp)]
+    else:
+        layers, pp = doc_or_spec["layers"], len(doc_or_spec["stages"])
+        b, m, sched = doc_or_spec["micro_batch_size"], doc_or_spec["micro_batches"], doc_or_spec["schedule"]
+        sizes = [s["layer_end"] - s["layer_start"] for s in doc_or_spec["stages"]]
+    runs = []
+    for s in layers:
+        name = strategy_name(s)
+        if runs and runs[-1][0] == name:
+            runs[-1][1] += 1
+        else:
+            runs.append([name, 1])
+    strat = ", ".join(f"{n}x {name}" for name, n in runs)
+    return f"pp={pp} layers/stage={'/'.join(map(str, sizes))} [{strat}] b={b} m={m} {sched}"
+
+
+def strategy_name(s: dict) -> str:
+    out = f"tp{s['tp']}"
+    if s["tp"] > 1 and s["tp"] != s["tp"] * s["dp"]:
+        out += "c" if s["tp_layout"] == "consecutive" else "s"
+    if s.get("sp"):
+        out += "+sp"
+    out += f" dp{s['dp']}"
+    if s["dp"] > 1:
+        out += f" {s['dp_sharding']}"
+    if s["recompute"]:
+        out += " rc"
+    return out
+
+
+BASELINES = [
+    ("ddp", "pure data parallel: one stage, tp 1, ddp", dict(pp=(1,), tp=(1,), shardings=("ddp",))),
+    ("zero3", "pure ZeRO-3 (FSDP): one stage, tp 1, zero3", dict(pp=(1,), tp=(1,), shardings=("zero3",))),
+    ("tp-node", "tensor parallel within a node (consecutive), data parallel (ddp) across nodes", None),
+    ("uniform-3d", "best uniform tp x pp x dp (Megatron-style hand-tuned): one strategy for every layer, "
+                   "even layer split", dict()),
+]
+
+
+def baselines(tables: CostTables, opts: Options) -> list[dict]:
+    out = []
+    base = Options(memory_bytes=opts.memory_bytes, global_batch=opts.global_batch,
+                   min_global_batch=opts.min_global_batch, max_global_batch=opts.max_global_batch,
+                   buckets=opts.buckets)
+    for name, desc, restrict in BASELINES:
+        if restrict is None:
+            restrict = dict(pp=(1,), tp=(min(tables.gpus_per_node, tables.world),), tp_layouts=("consecutive",),
+                            shardings=("ddp",))
+        o = dataclasses.replace(base, uniform=True, **restrict)
+        best = (0.0, None, None)
+        for B in global_batches(tables, o):
+            T, spec, _ = uniform_best(tables, o, B, o.memory_bytes)
+            if spec is not None and T < INF and B / T > best[0]:
+                best = (B / T, spec, T)
+        rec = {"name": name, "description": desc, "feasible": best[1] is not None}
+        if best[1] is not None:
+            spec = best[1]
+            res = evaluate_spec(tables, spec)
+            rec.update(iteration_time_s=res["iteration_time_s"], samples_per_s=spec.b * spec.m / res["iteration_time_s"],
+                       global_batch=spec.b * spec.m,
+                       memory_bytes_per_rank=max(s["total"] for s in res["stages"]),
+                       summary=summary(spec, tables))
+            rec["_spec"] = spec
+        else:
+            rec.update(iteration_time_s=None, samples_per_s=None, global_batch=None, memory_bytes_per_rank=None)
+        out.append(rec)
+    return out
+
+
+def plan_document(tables: CostTables, spec: Spec, opts: Options, seconds: float, candidates: int,
+                  base: list[dict] | None) -> dict:
+    doc = plan_body(tables, spec)
+    doc["predictions"] = predictions(tables, spec, evaluate_spec(tables, spec))
+    record = {"time_s": seconds, "candidates_evaluated": int(candidates),
+              "memory_budget_bytes": int(opts.memory_bytes), "cost_model_sha256": digest(tables.doc),
+              "options": opts.as_dict()}
+    if base is not None:
+        record["baselines"] = [{k: v for k, v in b.items() if not k.startswith("_")} for b in base]
+    doc["search"] = record
+    return doc

@@ -1,0 +1,237 @@
+"""The objective: iteration time and memory of one plan, composed from the cost model's per-layer numbers.
+
+Every plan the search considers, every baseline and any hand-written plan go through `evaluate_spec`, so what
+the search optimises and what `galvatron-search evaluate PLAN COST_MODEL` reports are the same function.
+
+Composition, for pp stages, micro-batch size b, m micro-batches (K = m + pp - 1):
+
+    t_i   = sum over the stage's layers of forward + backward per micro-batch (compute, tp/sp communication,
+            zero3 gathers and gradient reduce-scatter overlapped with compute, layout changes into each layer)
+            + p2p: the activation sent to stage i+1 and the gradient sent back to stage i-1
+    x_i   = the stage's once-per-iteration gradient all-reduce (ddp) not hidden by its last backward
+    c_i   = K * t_i + x_i           (m micro-batches and pp - 1 slots of fill and drain, then the exposed sync)
+    T     = max_i c_i               >= (m + pp - 1) * slowest stage: the bubble is (pp - 1) x the slowest stage
+    mem_i = states + inflight_i * activations + max workspace + runtime overhead
+            (inflight: 1F1B min(pp - i, m), GPipe m)
+
+The quantisation rule the search works under (conservative: never below the exact bytes): with
+avail = budget - overhead - workspace, a stage fits when sum over its layers of
+ceil(layer_bytes * U / avail) <= U (U = buckets, default 256).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .costs import SHARDINGS, CostTables, inflight, layer_memory, normal_layout, units
+from .errors import DocumentError, InfeasibleError
+
+
+@dataclass
+class Spec:
+    """A plan in cost-model coordinates: strategy rows of the pp entry's kind tables."""
+
+    pp: int
+    b: int
+    m: int
+    schedule: str
+    bounds: list[int]          # pp + 1 decoder-layer boundaries
+    dec: list[int]             # one decoder strategy row per layer
+    emb: int
+    head: int
+
+
+def _chain(spec: Spec, L: int):
+    """(kind, row, stage) of every layer in model order: embedding, decoders, head."""
+    out = [("embedding", spec.emb, 0)]
+    for i in range(spec.pp):
+        out += [("decoder", spec.dec[j], i) for j in range(spec.bounds[i], spec.bounds[i + 1])]
+    out.append(("head", spec.head, spec.pp - 1))
+    return out
+
+
+def evaluate_spec(tables: CostTables, spec: Spec, budget: float | None = None, buckets: int = 256) -> dict:
+    """Iteration time, per-stage times and memory of a plan; with a budget, whether it fits under the rule."""
+    pipe = tables.pipeline(spec.pp)
+    p, b, m = spec.pp, spec.b, spec.m
+    K = m + p - 1
+    lcs, trf, trb, p2p = tables.at(p, b)
+    chain = _chain(spec, tables.layers)
+    stages = []
+    for i in range(p):
+        stages.append(dict(index=i, compute_fwd=0.0, compute_bwd=0.0, comm=0.0, exposed=0.0, transitions=0.0,
+                           p2p=0.0, f=0.0, g=0.0, sync=0.0, params=0.0, grads=0.0, optim=0.0, act=0.0, ws=0.0,
+                           units=0.0, layouts=[], inflight=inflight(spec.schedule, p, i, m), last_layout=None))
+    prev_layout = None
+    for kind, row, i in chain:
+        st = stages[i]
+        k, lc = pipe.kinds[kind], lcs[kind]
+        lay = int(k.layout[row])
+        if prev_layout is not None:
+            st["transitions"] += trf[prev_layout, lay] + trb[prev_layout, lay]
+            st["f"] += trf[prev_layout, lay]
+            st["g"] += trb[prev_layout, lay]
+        if st["last_layout"] is None and i > 0:
+            # gradient sent back to stage i-1, in that stage's last layout
+            st["p2p"] += p2p[stages[i - 1]["last_layout"]]
+            st["g"] += p2p[stages[i - 1]["last_layout"]]
+        st["compute_fwd"] += lc.fwd[row]
+        st["compute_bwd"] += lc.bwd[row]
+        st["comm"] += lc.comm[row]
+        st["exposed"] += lc.exposed[row]
+        st["f"] += lc.f[row]
+        st["g"] += lc.g[row]
+        st["sync"] += lc.sync[row]
+        st["params"] += k.params[row]
+        st["grads"] += k.grads[row]
+        st["optim"] += k.optim[row]
+        st["act"] += lc.act[row]
+        st["ws"] = max(st["ws"], lc.ws[row])
+        st["layouts"].append(lay)
+        st["last_layout"] = lay
+        st.setdefault("mems", []).append(layer_memory(lc.states[row], lc.act[row], st["inflight"]))
+        prev_layout = lay
+    for i, st in enumerate(stages):
+        if i < p - 1:
+            st["p2p"] += p2p[st["last_layout"]]
+            st["f"] += p2p[st["last_layout"]]
+        st["t"] = st["compute_fwd"] + st["compute_bwd"] + st["comm"] + st["exposed"] + st["transitions"] + st["p2p"]
+        st["c"] = K * st["t"] + st["sync"]
+        st["activations"] = st["inflight"] * st["act"]
+        st["total"] = st["params"] + st["grads"] + st["optim"] + st["activations"] + st["ws"] + tables.overhead
+        if budget is not None:
+            avail = budget - tables.overhead - st["ws"]
+            st["fits"] = bool(avail > 0 and units(np.array(st["mems"]), buckets, avail).sum() <= buckets)
+    crit = max(range(p), key=lambda i: stages[i]["c"])
+    T = stages[crit]["c"]
+    result = dict(iteration_time_s=T, critical_stage=crit, stages=stages, K=K)
+    if budget is not None:
+        result["fits"] = all(st["fits"] for st in stages)
+    return result
+
+
+def predictions(tables: CostTables, spec: Spec, result: dict) -> dict:
+    """The plan document's `predictions` section."""
+    T = result["iteration_time_s"]
+    B = spec.b * spec.m
+    seq = int(tables.doc["training"]["seq_len"])
+    st = result["stages"][result["critical_stage"]]
+    m = spec.m
+    breakdown = {
+        "forward_compute_s": m * st["compute_fwd"],
+        "backward_compute_s": m * st["compute_bwd"],
+        "tp_communication_s": m * st["comm"],
+        "zero_communication_exposed_s": m * st["exposed"],
+        "layout_transitions_s": m * st["transitions"],
+        "pipeline_p2p_s": m * st["p2p"],
+        "pipeline_bubble_s": (spec.pp - 1) * st["t"],
+        "grad_sync_exposed_s": st["sync"],
+    }
+    return {
+        "iteration_time_s": T,
+        "samples_per_s": B / T if T > 0 else 0.0,
+        "tokens_per_s": B * seq / T if T > 0 else 0.0,
+        "stages": [{
+            "index": s["index"],
+            "memory_bytes_per_rank": {"params": s["params"], "grads": s["grads"], "optimizer": s["optim"],
+                                      "activations": s["activations"], "workspace": s["ws"],
+                                      "overhead": tables.overhead, "total": s["total"]},
+            "forward_s": s["f"], "backward_s": s["g"], "grad_sync_exposed_s": s["sync"],
+        } for s in result["stages"]],
+        "breakdown": breakdown,
+    }
+
+
+# --- a plan document -> Spec -----------------------------------------------------------------------------------
+
+def _strategy_row(pipe, kind: str, s: dict, where: str) -> int:
+    S = pipe.stage_ranks
+    if s["tp"] * s["dp"] != S:
+        raise InfeasibleError(f"{where}: tp {s['tp']} x dp {s['dp']} != {S} ranks per stage (pp={pipe.pp})")
+    key = (s["tp"], normal_layout(s["tp"], s["tp_layout"], S), bool(s["sp"]), s["dp"])
+    lay = pipe.layout_index.get(key)
+    if lay is None:
+        raise InfeasibleError(f"{where}: the cost model has no layout tp={s['tp']} {key[1]} sp={s['sp']} "
+                              f"dp={s['dp']} for pp={pipe.pp}")
+    row = pipe.strategy_index.get((kind, lay, s["dp_sharding"], bool(s["recompute"])))
+    if row is None:
+        raise InfeasibleError(f"{where}: the cost model has no {kind} strategy with layout "
+                              f"{pipe.layouts[lay]['id']}, {s['dp_sharding']}, recompute={s['recompute']}")
+    return row
+
+
+def plan_spec(plan: dict, tables: CostTables, source: str = "plan") -> Spec:
+    """Check that a plan fits the cost model's cluster and model (InfeasibleError, exit 4) and map it."""
+    cm = tables.doc
+    for key in ("nodes", "gpus_per_node", "world_size"):
+        if plan["cluster"][key] != cm["cluster"][key]:
+            raise InfeasibleError(f"{source}: $.cluster.{key} is {plan['cluster'][key]}, the cost model's cluster "
+                                  f"has {cm['cluster'][key]}")
+    for key in ("layers", "hidden", "vocab_size"):
+        if plan["model"][key] != cm["model"][key]:
+            raise InfeasibleError(f"{source}: $.model.{key} is {plan['model'][key]}, the cost model's model has "
+                                  f"{cm['model'][key]}")
+    if plan["training"]["seq_len"] != cm["training"]["seq_len"]:
+        raise InfeasibleError(f"{source}: $.training.seq_len {plan['training']['seq_len']} differs from the cost "
+                              f"model's {cm['training']['seq_len']}")
+    pp = len(plan["stages"])
+    if pp not in tables.pipes:
+        raise InfeasibleError(f"{source}: pipeline degree {pp} is not in the cost model "
+                              f"(it has {sorted(tables.pipes)})")
+    pipe = tables.pipeline(pp)
+    S = pipe.stage_ranks
+    L = tables.layers
+    if len(plan["layers"]) != L:
+        raise InfeasibleError(f"{source}: $.layers has {len(plan['layers'])} strategies, the model {L} layers")
+    bounds = [0]
+    for k, st in enumerate(plan["stages"]):
+        where = f"{source}: $.stages[{k}]"
+        if st["index"] != k:
+            raise DocumentError(source, f"$.stages[{k}].index: expected {k}, got {st['index']}")
+        if st["ranks"] != list(range(k * S, (k + 1) * S)):
+            raise InfeasibleError(f"{where}.ranks: expected global ranks {k * S}..{(k + 1) * S - 1} "
+                                  f"(stage k holds [k*S, (k+1)*S), S = {S})")
+        if st["layer_start"] != bounds[-1] or st["layer_end"] < st["layer_start"]:
+            raise InfeasibleError(f"{where}: layers {st['layer_start']}..{st['layer_end']} do not continue "
+                                  f"at layer {bounds[-1]}")
+        if st["layer_end"] == st["layer_start"] and 0 < k < pp - 1:
+            raise InfeasibleError(f"{where}: a middle stage without decoder layers")
+        bounds.append(st["layer_end"])
+    if bounds[-1] != L:
+        raise InfeasibleError(f"{source}: the stages cover layers 0..{bounds[-1]}, the model has {L}")
+    dec = [_strategy_row(pipe, "decoder", s, f"{source}: $.layers[{j}]") for j, s in enumerate(plan["layers"])]
+    emb = _strategy_row(pipe, "embedding", plan["embedding"], f"{source}: $.embedding")
+    head = _strategy_row(pipe, "head", plan["head"], f"{source}: $.head")
+    b, m, B = plan["micro_batch_size"], plan["micro_batches"], plan["global_batch"]
+    if b * m != B:
+        raise InfeasibleError(f"{source}: micro_batch_size {b} x micro_batches {m} != global_batch {B}")
+    for where, s in [("embedding", plan["embedding"]), ("head", plan["head"])] + \
+            [(f"layers[{j}]", s) for j, s in enumerate(plan["layers"])]:
+        if b % s["dp"]:
+            raise InfeasibleError(f"{source}: $.{where}: micro_batch_size {b} is not divisible by dp {s['dp']}")
+    if plan["schedule"] == "1f1b" and m < pp:
+        raise InfeasibleError(f"{source}: 1F1B needs micro_batches >= stages ({m} < {pp})")
+    if tables.tied and pp == 1:
+        e, h = plan["embedding"], plan["head"]
+        ke = (e["tp"], normal_layout(e["tp"], e["tp_layout"], S), e["sp"], e["dp_sharding"])
+        kh = (h["tp"], normal_layout(h["tp"], h["tp_layout"], S), h["sp"], h["dp_sharding"])
+        if ke != kh:
+            raise InfeasibleError(f"{source}: tied embeddings with one stage: the head must have the "
+                                  f"embedding's tp, tp_layout and dp_sharding")
+    return Spec(pp=pp, b=b, m=m, schedule=plan["schedule"], bounds=bounds, dec=dec, emb=emb, head=head)
+
+
+def evaluate(plan: dict, cost_model: dict | CostTables, source: str = "plan") -> dict:
+    """Predictions for any plan (the search's or a hand-written one) under a cost model."""
+    tables = cost_model if isinstance(cost_model, CostTables) else CostTables(cost_model)
+    spec = plan_spec(plan, tables, source)
+    return predictions(tables, spec, evaluate_spec(tables, spec))
+
+
+def strategy_dict(pipe, kind: str, row: int) -> dict:
+    k = pipe.kinds[kind]
+    lay = pipe.layouts[int(k.layout[row])]
+    return {"tp": int(lay["tp"]), "tp_layout": normal_layout(lay["tp"], lay["tp_layout"], pipe.stage_ranks),
+            "sp": bool(lay["sp"]), "dp": int(lay["dp"]), "dp_sharding": SHARDINGS[int(k.sharding[row])],
+            "recompute": bool(k.recompute[row])}

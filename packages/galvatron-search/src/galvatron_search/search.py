@@ -1,0 +1,696 @@
+"""The optimiser: pipeline degree, layer partition, per-layer strategies, micro-batching and schedule.
+
+For a fixed global batch B, every (pp, micro-batch size b, schedule) is one sub-problem; K = m + pp - 1.
+
+1. Per-layer costs (`costs.layer_costs`): c_s = K * t_s + sync_s for every strategy s; memory per layer
+   states_s + inflight * act_s. Strategies dominated in (cost + worst layout-change penalty, states, activations,
+   workspace) are dropped (exact).
+2. Stage DP, per stage i (stages only differ in in-flight micro-batches and in holding the embedding or head):
+   state = (entry layout e, workspace cap w, layout of the last layer, memory units used) -> least stage cost.
+   One step adds one decoder layer: min over the previous layout (+ layout change) then over strategies of the
+   new layout (shift by the strategy's memory units). The embedding starts stage 0 and the head ends the last
+   stage inside the same DP (its choice is a state, never a re-run). Memory is quantised per stage into U
+   buckets of (budget - overhead - cap_w) / U, each layer rounded up, so the DP costs O(U), not O(budget).
+   The workspace is a max, not a sum: the DP runs for every cap w at once (strategies above the cap excluded).
+   After n layers it records R_i[n, e, x], the least stage cost with n decoder layers, entry e and exit x.
+3. Partition DP: H_i[k, x] = min over n, e of max(H_{i-1}[k - n, e], R_i[n, e, x]) (the iteration time is the
+   largest stage cost c_i = K t_i + x_i).
+4. Branch and bound over (pp, b, schedule): a lower bound (sum of the cheapest layer costs over pp) orders and
+   prunes the sub-problems, and the incumbent bounds the layers a stage can hold (n * cheapest layer < best).
+   The first incumbent is the best uniform plan (the Megatron-style baseline, itself in the space).
+
+Complexity per sub-problem: O(sum_i n_i * E * W * (A^2 + S) * U) with A active layouts, S strategies, W
+workspace caps, E entry layouts, n_i <= layers a stage can hold under the bound.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .costs import SHARDINGS, CostTables, inflight, layer_costs, layer_memory, lin, units
+from .evaluate import Spec, evaluate_spec
+from .errors import GalvatronError, InfeasibleError, UsageError
+
+INF = np.inf
+REL = 1e-9
+
+
+@dataclass
+class Options:
+    memory_bytes: float
+    global_batch: int | None = None
+    min_global_batch: int | None = None
+    max_global_batch: int | None = None
+    max_tp: int | None = None
+    max_pp: int | None = None
+    pp: tuple[int, ...] | None = None          # restrict to these degrees (baselines)
+    tp: tuple[int, ...] | None = None
+    tp_layouts: tuple[str, ...] = ("consecutive", "strided")
+    recompute: bool = True
+    dp_only: bool = False
+    shardings: tuple[str, ...] = SHARDINGS
+    uniform: bool = False
+    schedules: tuple[str, ...] = ("1f1b", "gpipe")
+    buckets: int = 256
+
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if v is not None}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def allowed(tables: CostTables, pipe, kind: str, opts: Options, b: int) -> np.ndarray:
+    k = pipe.kinds[kind]
+    tp = pipe.tp[k.layout]
+    ok = (b % k.dp == 0)
+    if opts.max_tp is not None:
+        ok &= tp <= opts.max_tp
+    if opts.tp is not None:
+        ok &= np.isin(tp, opts.tp)
+    if opts.dp_only:
+        ok &= tp == 1
+    if not opts.recompute:
+        ok &= ~k.recompute
+    ok &= np.isin(k.sharding, [SHARDINGS.index(s) for s in opts.shardings])
+    lay_ok = np.array([(l["tp"] in (1, pipe.stage_ranks)) or l["tp_layout"] in opts.tp_layouts
+                       for l in pipe.layouts])
+    ok &= lay_ok[k.layout]
+    return ok
+
+
+def global_batches(tables: CostTables, opts: Options) -> list[int]:
+    if opts.global_batch is not None:
+        return [opts.global_batch]
+    lo = opts.min_global_batch or tables.world
+    hi = opts.max_global_batch or 8 * tables.world
+    if lo > hi:
+        raise UsageError(f"--min-global-batch {lo} is above --max-global-batch {hi}")
+    out = [2 ** k for k in range(0, 40) if lo <= 2 ** k <= hi]
+    return out or [lo]
+
+
+@dataclass
+class Kind:
+    """One layer kind's allowed strategies for a sub-problem, as the DP uses them."""
+
+    rows: np.ndarray
+    layout: np.ndarray
+    c: np.ndarray
+    states: np.ndarray
+    act: np.ndarray
+    ws: np.ndarray
+    cls: np.ndarray | None = None    # tied embedding class (layout, sharding) for pp == 1
+
+    def take(self, keep: np.ndarray) -> Kind:
+        return Kind(self.rows[keep], self.layout[keep], self.c[keep], self.states[keep], self.act[keep],
+                    self.ws[keep], None if self.cls is None else self.cls[keep])
+
+
+@dataclass
+class Sub:
+    """A (pp, b) sub-problem's prepared numbers (shared by both schedules)."""
+
+    p: int
+    b: int
+    m: int
+    K: int
+    pipe: object
+    dec: Kind
+    emb: Kind
+    head: Kind
+    trK: np.ndarray                   # K * layout change (forward + backward), full layout space
+    p2pK: np.ndarray                  # K * one p2p send, per layout
+    active: np.ndarray                # decoder layouts in use
+    lb: float
+    n_cls: int = 1
+    counters: dict = field(default_factory=dict)
+
+
+def _kind(tables, pipe, kind, opts, b, K, cls_map=None) -> Kind:
+    k = pipe.kinds[kind]
+    lc = layer_costs(k, b, tables.cs, tables.ks)
+    ok = np.nonzero(allowed(tables, pipe, kind, opts, b))[0]
+    cls = None
+    if cls_map is not None:
+        cls = np.array([cls_map[(int(k.layout[r]), int(k.sharding[r]))] for r in ok], dtype=int)
+    return Kind(rows=ok, layout=k.layout[ok], c=(K * lc.t + lc.sync)[ok], states=lc.states[ok], act=lc.act[ok],
+                ws=lc.ws[ok], cls=cls)
+
+
+def _prune(dec: Kind, trK: np.ndarray, p2pK: np.ndarray) -> Kind:
+    """Drop decoder strategies another one beats in cost (counting the worst layout-change penalty), states,
+    activations and workspace: replacing them never makes a plan worse or larger, so the optimum is kept."""
+    n = len(dec.rows)
+    if n <= 1:
+        return dec
+    la = dec.layout
+    into = trK[:, la]                                  # (layouts, n): cost into each strategy's layout
+    out = trK[la, :] + 2 * p2pK[la][:, None]           # leaving it (a stage exit pays two sends)
+    out = np.concatenate([trK[la, :], out], axis=1)
+    # penalty[i, j]: worst extra layout-change cost of putting j where i was
+    pen = (into[:, None, :] - into[:, :, None]).max(axis=0) + (out[None, :, :] - out[:, None, :]).max(axis=2)
+    pen[la[:, None] == la[None, :]] = 0.0
+    better = ((dec.c[None, :] + pen <= dec.c[:, None]) & (dec.states[None, :] <= dec.states[:, None])
+              & (dec.act[None, :] <= dec.act[:, None]) & (dec.ws[None, :] <= dec.ws[:, None]))
+    np.fill_diagonal(better, False)
+    same = ((dec.c[None, :] == dec.c[:, None]) & (dec.states[None, :] == dec.states[:, None])
+            & (dec.act[None, :] == dec.act[:, None]) & (dec.ws[None, :] == dec.ws[:, None])
+            & (pen == 0))
+    # i is dropped if some j beats it; among exact equals keep the first
+    idx = np.arange(n)
+    strictly = better & ~(same & (idx[None, :] > idx[:, None]))
+    keep = ~strictly.any(axis=1)
+    return dec.take(keep)
+
+
+def prepare(tables: CostTables, opts: Options, p: int, b: int, B: int, prune: bool = True) -> Sub | None:
+    pipe = tables.pipeline(p)
+    m = B // b
+    K = m + p - 1
+    cls_map = None
+    if tables.tied and p == 1:
+        e = pipe.kinds["embedding"]
+        keys = sorted({(int(e.layout[r]), int(e.sharding[r])) for r in range(len(e))})
+        cls_map = {key: i for i, key in enumerate(keys)}
+    dec = _kind(tables, pipe, "decoder", opts, b, K)
+    emb = _kind(tables, pipe, "embedding", opts, b, K, cls_map)
+    head = _kind(tables, pipe, "head", opts, b, K, cls_map)
+    if cls_map is not None:
+        h = pipe.kinds["head"]
+        keep = np.array([(int(h.layout[r]), int(h.sharding[r])) in cls_map for r in head.rows], dtype=bool)
+        head = head.take(keep) if len(head.rows) else head
+        if len(head.rows):
+            head.cls = np.array([cls_map[(int(h.layout[r]), int(h.sharding[r]))] for r in head.rows], dtype=int)
+    if not len(dec.rows) or not len(emb.rows) or not len(head.rows):
+        return None
+    trK = K * lin(pipe.tr, b)
+    p2pK = K * lin(pipe.p2p, b)
+    if prune:
+        dec = _prune(dec, trK, p2pK)
+    active = np.unique(dec.layout)
+    L = tables.layers
+    lb = (emb.c.min() + L * dec.c.min() + head.c.min()) / p
+    return Sub(p=p, b=b, m=m, K=K, pipe=pipe, dec=dec, emb=emb, head=head, trK=trK, p2pK=p2pK, active=active, lb=lb,
+               n_cls=1 if cls_map is None else len(cls_map))
+
+
+# --- the stage DP --------------------------------------------------------------------------------------------
+
+@dataclass
+class StageRun:
+    R: np.ndarray                 # (n_max + 1, E, A) or, for the last stage, (n_max + 1, E)
+    trace: dict | None = None
+
+
+def _caps(sub: Sub, i: int, budget: float, overhead: float):
+    vals = [sub.dec.ws]
+    if i == 0:
+        vals.append(sub.emb.ws)
+    if i == sub.p - 1:
+        vals.append(sub.head.ws)
+    caps = np.unique(np.concatenate(vals))
+    avail = budget - overhead - caps
+    return caps[avail > 0], avail[avail > 0]
+
+
+def _units(kind: Kind, a: int, caps, avail, U: int) -> np.ndarray:
+    mem = layer_memory(kind.states, kind.act, a)
+    u = units(mem[None, :], U, avail[:, None])
+    u[kind.ws[None, :] > caps[:, None]] = U + 1
+    return np.minimum(u, U + 1).astype(np.int64)
+
+
+def stage_dp(sub: Sub, i: int, schedule: str, budget: float, overhead: float, U: int, n_max: int,
+             only_n: int | None = None, entry: int | None = None, bound: float = INF) -> StageRun | None:
+    """Least cost of stage i for every decoder count n <= n_max (see the module docstring)."""
+    p = sub.p
+    a = inflight(schedule, p, i, sub.m)
+    caps, avail = _caps(sub, i, budget, overhead)
+    if not len(caps):
+        return None
+    W = len(caps)
+    A = sub.active
+    nA = len(A)
+    pos = {int(x): j for j, x in enumerate(A)}
+    dec = sub.dec
+    du = _units(dec, a, caps, avail, U)                       # (W, S)
+    dpos = np.array([pos[int(x)] for x in dec.layout])
+    order = np.argsort(dpos, kind="stable")
+    du, dpos_o, dc = du[:, order], dpos[order], dec.c[order]
+    starts = np.r_[0, np.nonzero(np.diff(dpos_o))[0] + 1]
+    groups = dpos_o[starts]
+    S = len(dc)
+    uu = np.arange(U + 1)
+    # gather indices into Y viewed as (E, W * nA * (U + 1))
+    src = uu[None, None, :] - du[:, :, None]                  # (W, S, U+1)
+    valid = src >= 0
+    flat = (np.arange(W)[:, None, None] * nA + dpos_o[None, :, None]) * (U + 1) + np.where(valid, src, 0)
+    addc = np.where(valid, dc[None, :, None], INF)            # (W, S, U+1)
+    trA = sub.trK[np.ix_(A, A)]
+    last = i == p - 1
+    # initial state
+    if i == 0:
+        emb = sub.emb
+        E = sub.n_cls
+        eu = _units(emb, a, caps, avail, U)
+        X = np.full((E, W, len(sub.pipe.layouts), U + 1), INF)
+        ecls = np.zeros(len(emb.rows), dtype=int) if emb.cls is None else emb.cls
+        for h in range(len(emb.rows)):
+            for w in range(W):
+                if eu[w, h] <= U:
+                    cell = X[ecls[h], w, emb.layout[h], eu[w, h]]
+                    X[ecls[h], w, emb.layout[h], eu[w, h]] = min(cell, emb.c[h])
+        X = np.minimum.accumulate(X, axis=3)
+        tr_in = sub.trK[:, A]                                 # (all layouts, nA)
+        entries = None
+    else:
+        ent = np.arange(nA) if entry is None else np.array([pos[entry]])
+        E = len(ent)
+        X = np.full((E, W, nA, U + 1), INF)
+        X[np.arange(E), :, ent, :] = sub.p2pK[A[ent]][:, None, None]
+        tr_in = trA
+        entries = A[ent]
+    n_cap = n_max if only_n is None else only_n
+    if last:
+        head = sub.head
+        hu = _units(head, a, caps, avail, U)                  # (W, H)
+        trH = sub.trK[np.ix_(A, head.layout)]                 # (nA, H)
+        hmask = np.zeros((E, len(head.rows)), dtype=bool)
+        if head.cls is None:
+            hmask[:] = True
+        else:
+            hmask[head.cls, np.arange(len(head.rows))] = True
+        R = np.full((n_cap + 1, E), INF)
+    else:
+        R = np.full((n_cap + 1, E, nA), INF)
+    trace = {"X": [X], "Y": []} if only_n is not None else None
+    cells = 0
+    for n in range(1, n_cap + 1):
+        Y = np.min(X[:, :, :, None, :] + tr_in[None, None, :, :, None], axis=2)        # (E, W, nA, U+1)
+        G = Y.reshape(E, -1)[:, flat] + addc[None]                                       # (E, W, S, U+1)
+        Zg = np.minimum.reduceat(G, starts, axis=2)                                      # (E, W, groups, U+1)
+        Z = np.full((E, W, nA, U + 1), INF)
+        Z[:, :, groups, :] = Zg
+        cells += G.size
+        if trace is not None:
+            trace["Y"].append(Y)
+            trace["X"].append(Z)
+        if only_n is None or n == only_n:
+            if last:
+                col = U - hu                                                              # (W, H)
+                okh = col >= 0
+                Zt = Z.transpose(1, 3, 0, 2)                                              # (W, U+1, E, nA)
+                Zc = Zt[np.arange(W)[:, None], np.where(okh, col, 0)]                     # (W, H, E, nA)
+                v = (Zc + trH.T[None, :, None, :]).min(axis=3) + head.c[None, :, None]    # (W, H, E)
+                v = np.where(okh[:, :, None] & hmask.T[None, :, :], v, INF)
+                R[n] = v.min(axis=(0, 1))
+            else:
+                R[n] = Z[:, :, :, U].min(axis=1) + (sub.p2pK[A][None, :] if p > 1 else 0.0)
+        zmin = Z[:, :, :, U].min()
+        X = Z
+        tr_in = trA
+        if not np.isfinite(zmin) or zmin > bound:
+            break
+    sub.counters["cells"] = sub.counters.get("cells", 0) + cells
+    run = StageRun(R=R, trace=trace)
+    if trace is not None:
+        trace.update(caps=caps, du=du, order=order, dpos=dpos_o, dc=dc, hu=hu if last else None,
+                     trH=trH if last else None, hmask=hmask if last else None, entries=entries, E=E,
+                     eu=_units(sub.emb, a, caps, avail, U) if i == 0 else None)
+    return run
+
+
+def _backtrack(sub: Sub, i: int, run: StageRun, n: int, e_idx: int, exit_layout: int | None, U: int):
+    """Decoder strategy rows (model order), and the embedding or head row, of the chosen stage."""
+    tr = run.trace
+    A = sub.active
+    W = len(tr["caps"])
+    Xs, Ys = tr["X"], tr["Y"]
+    Z = Xs[n]
+    head_row = None
+    if exit_layout is None:      # last stage: pick the head
+        best = (INF, None)
+        for w in range(W):
+            for h in range(len(sub.head.rows)):
+                if not tr["hmask"][e_idx, h] or tr["hu"][w, h] > U:
+                    continue
+                u = U - tr["hu"][w, h]
+                vals = Z[e_idx, w, :, u] + tr["trH"][:, h] + sub.head.c[h]
+                j = int(np.argmin(vals))
+                if vals[j] < best[0]:
+                    best = (vals[j], (w, h, j, u))
+        w, h, j, u = best[1]
+        head_row = int(sub.head.rows[h])
+    else:
+        j = int(np.nonzero(A == exit_layout)[0][0])
+        w = int(np.argmin(Z[e_idx, :, j, U]))
+        u = U
+    rows = []
+    du, dpos, dc, order = tr["du"], tr["dpos"], tr["dc"], tr["order"]
+    for k in range(n, 0, -1):
+        Y = Ys[k - 1]
+        cand = np.nonzero(dpos == j)[0]
+        best = (INF, None)
+        for s in cand:
+            if du[w, s] <= u:
+                v = Y[e_idx, w, j, u - du[w, s]] + dc[s]
+                if v < best[0]:
+                    best = (v, s)
+        s = best[1]
+        rows.append(int(sub.dec.rows[order[s]]))
+        u -= int(du[w, s])
+        Xp = Xs[k - 1]
+        if k == 1 and i == 0:
+            vals = Xp[e_idx, w, :, u] + sub.trK[:, A[j]]
+        else:
+            vals = Xp[e_idx, w, :, u] + sub.trK[A, A[j]]
+        j = int(np.argmin(vals))
+    emb_row = None
+    if i == 0:    # j is now the embedding's layout in the full layout space
+        emb = sub.emb
+        ecls = np.zeros(len(emb.rows), dtype=int) if emb.cls is None else emb.cls
+        best = (INF, None)
+        for h in range(len(emb.rows)):
+            if ecls[h] == e_idx and emb.layout[h] == j and tr["eu"][w, h] <= u and emb.c[h] < best[0]:
+                best = (emb.c[h], h)
+        emb_row = int(emb.rows[best[1]])
+    return rows[::-1], emb_row, head_row
+
+
+def solve_sub(tables: CostTables, sub: Sub, schedule: str, budget: float, U: int, incumbent: float):
+    """Best plan of one (pp, b, schedule) sub-problem strictly below `incumbent`, or None."""
+    p, L = sub.p, tables.layers
+    ov = tables.overhead
+    bound = incumbent * (1 + REL)
+    cmin = sub.dec.c.min()
+    runs = {}
+
+    def n_limit(i):
+        extra = (sub.emb.c.min() if i == 0 else 0.0) + (sub.head.c.min() if i == p - 1 else 0.0)
+        lim = L - (p - 1)
+        if math.isfinite(bound) and cmin > 0:
+            lim = min(lim, int((bound - extra) / cmin) + 1)
+        return lim
+
+    if p == 1:
+        run = stage_dp(sub, 0, schedule, budget, ov, U, L, only_n=None, bound=bound)
+        if run is None or run.R.shape[0] <= L:
+            return None
+        T = run.R[L].min()
+        if not T < incumbent:
+            return None
+        return T, [(L, int(np.argmin(run.R[L])), None)]
+    keys = {}
+    for i in range(p):
+        a = inflight(schedule, p, i, sub.m)
+        key = (a, i == 0, i == p - 1)
+        if key not in keys:
+            nl = n_limit(i)
+            if nl < 1:
+                return None
+            run = stage_dp(sub, i, schedule, budget, ov, U, nl, bound=bound)
+            if run is None:
+                return None
+            keys[key] = run
+        runs[i] = keys[key]
+    nA = len(sub.active)
+    # partition DP
+    R0 = runs[0].R.min(axis=1)                                  # (n+1, nA)
+    H = np.full((L + 1, nA), INF)
+    H[: R0.shape[0]] = R0
+    H[0] = INF
+    choices = []
+    for i in range(1, p - 1):
+        Ri = runs[i].R                                          # (n+1, E=nA, nA)
+        Hn = np.full((L + 1, nA), INF)
+        arg_n = np.zeros((L + 1, nA), dtype=np.int64)
+        arg_e = np.zeros((L + 1, nA), dtype=np.int64)
+        for n in range(1, Ri.shape[0]):
+            cand = np.maximum(H[: L + 1 - n, :, None], Ri[n][None, :, :])   # (k, e, x)
+            e = cand.argmin(axis=1)
+            v = np.take_along_axis(cand, e[:, None, :], axis=1)[:, 0, :]
+            better = v < Hn[n:]
+            Hn[n:] = np.where(better, v, Hn[n:])
+            arg_n[n:] = np.where(better, n, arg_n[n:])
+            arg_e[n:] = np.where(better, e, arg_e[n:])
+        choices.append((arg_n, arg_e))
+        H = Hn
+    Rl = runs[p - 1].R                                          # (n+1, nA)
+    best = (INF, None)
+    for n in range(1, Rl.shape[0]):
+        if L - n < 1:
+            break
+        v = np.maximum(H[L - n], Rl[n])
+        e = int(np.argmin(v))
+        if v[e] < best[0]:
+            best = (v[e], (n, e))
+    T = best[0]
+    if not T < incumbent:
+        return None
+    n, e = best[1]
+    stages = [(n, e, None)]
+    k = L - n
+    x = e
+    for i in range(p - 2, 0, -1):
+        arg_n, arg_e = choices[i - 1]
+        ni, ei = int(arg_n[k, x]), int(arg_e[k, x])
+        stages.append((ni, ei, x))
+        k -= ni
+        x = ei
+    stages.append((k, 0, x))
+    return T, stages[::-1]
+
+
+def reconstruct(tables: CostTables, sub: Sub, schedule: str, budget: float, U: int, stages) -> Spec:
+    """Rerun each chosen stage with its trace and read its strategies back."""
+    p = sub.p
+    A = sub.active
+    dec_rows, emb_row, head_row = [], None, None
+    bounds = [0]
+    for i, (n, e, x) in enumerate(stages):
+        entry = None if i == 0 else int(A[e])
+        run = stage_dp(sub, i, schedule, budget, tables.overhead, U, n, only_n=n, entry=entry)
+        e_idx = e if i == 0 else 0
+        exit_layout = None if i == p - 1 else int(A[x])
+        rows, er, hr = _backtrack(sub, i, run, n, e_idx, exit_layout, U)
+        dec_rows += rows
+        emb_row = er if er is not None else emb_row
+        head_row = hr if hr is not None else head_row
+        bounds.append(bounds[-1] + n)
+    return Spec(pp=p, b=sub.b, m=sub.m, schedule=schedule, bounds=bounds, dec=dec_rows, emb=emb_row, head=head_row)
+
+
+# --- uniform plans (baselines, --uniform, the first incumbent) --------------------------------------------------
+
+def even_bounds(L: int, p: int) -> list[int]:
+    """Layers split as evenly as possible; the extra layers go to the later stages (fewer in-flight micro-batches)."""
+    base, extra = divmod(L, p)
+    sizes = [base + (1 if i >= p - extra else 0) for i in range(p)]
+    out = [0]
+    for s in sizes:
+        out.append(out[-1] + s)
+    return out
+
+
+def uniform_best(tables: CostTables, opts: Options, B: int, budget: float):
+    """Best plan with one strategy for every decoder layer, embedding and head in its layout and sharding, and
+    an even layer split (Megatron-style), by enumeration vectorised over strategies."""
+    U = opts.buckets
+    L = tables.layers
+    best = (INF, None)
+    count = 0
+    for p in sorted(tables.pipes):
+        if p > L or (opts.max_pp is not None and p > opts.max_pp) or (opts.pp is not None and p not in opts.pp):
+            continue
+        pipe = tables.pipeline(p)
+        bounds = even_bounds(L, p)
+        for b in [d for d in range(1, B + 1) if B % d == 0]:
+            m = B // b
+            ok = allowed(tables, pipe, "decoder", opts, b)
+            ok_e = allowed(tables, pipe, "embedding", opts, b)
+            ok_h = allowed(tables, pipe, "head", opts, b)
+            dk = pipe.kinds["decoder"]
+            rows = np.nonzero(ok)[0]
+            if not len(rows):
+                continue
+            emb_rows, head_rows, keep = [], [], []
+            for r in rows:
+                er = _match(pipe, "embedding", int(dk.layout[r]), int(dk.sharding[r]), ok_e)
+                hr = _match(pipe, "head", int(dk.layout[r]), int(dk.sharding[r]), ok_h)
+                if er is not None and hr is not None:
+                    emb_rows.append(er)
+                    head_rows.append(hr)
+                    keep.append(r)
+            if not keep:
+                continue
+            rows, er, hr = np.array(keep), np.array(emb_rows), np.array(head_rows)
+            for sched in opts.schedules:
+                if sched == "1f1b" and m < p:
+                    continue
+                count += len(rows)
+                T, fits = _uniform_eval(tables, pipe, p, b, m, sched, bounds, rows, er, hr, budget, U)
+                T = np.where(fits, T, INF)
+                j = int(np.argmin(T))
+                if T[j] < best[0]:
+                    spec = Spec(pp=p, b=b, m=m, schedule=sched, bounds=bounds, dec=[int(rows[j])] * L,
+                                emb=int(er[j]), head=int(hr[j]))
+                    best = (float(T[j]), spec)
+    return best[0], best[1], count
+
+
+def _match(pipe, kind, layout, sharding, ok):
+    k = pipe.kinds[kind]
+    hits = [r for r in range(len(k)) if ok[r] and k.layout[r] == layout and k.sharding[r] == sharding]
+    if not hits:
+        return None
+    plain = [r for r in hits if not k.recompute[r]]
+    return (plain or hits)[0]
+
+
+def _uniform_eval(tables, pipe, p, b, m, sched, bounds, rows, er, hr, budget, U):
+    K = m + p - 1
+    d = layer_costs(pipe.kinds["decoder"], b, tables.cs, tables.ks)
+    e = layer_costs(pipe.kinds["embedding"], b, tables.cs, tables.ks)
+    h = layer_costs(pipe.kinds["head"], b, tables.cs, tables.ks)
+    tr = lin(pipe.tr, b)
+    p2p = lin(pipe.p2p, b)
+    dl = pipe.kinds["decoder"].layout[rows]
+    el = pipe.kinds["embedding"].layout[er]
+    hl = pipe.kinds["head"].layout[hr]
+    T = np.zeros(len(rows))
+    fits = np.ones(len(rows), dtype=bool)
+    for i in range(p):
+        n = bounds[i + 1] - bounds[i]
+        a = inflight(sched, p, i, m)
+        t = n * d.t[rows]
+        x = n * d.sync[rows]
+        ws = d.ws[rows].copy()
+        mem_units = []
+        if i == 0:
+            t = t + e.t[er] + tr[el, dl]
+            x = x + e.sync[er]
+            ws = np.maximum(ws, e.ws[er])
+        if i == p - 1:
+            t = t + h.t[hr] + tr[dl, hl]
+            x = x + h.sync[hr]
+            ws = np.maximum(ws, h.ws[hr])
+        if i < p - 1:
+            t = t + p2p[dl]
+        if i > 0:
+            t = t + p2p[dl]
+        avail = budget - tables.overhead - ws
+        safe = np.where(avail > 0, avail, 1.0)
+        used = n * units(layer_memory(d.states[rows], d.act[rows], a), U, safe)
+        if i == 0:
+            used = used + units(layer_memory(e.states[er], e.act[er], a), U, safe)
+        if i == p - 1:
+            used = used + units(layer_memory(h.states[hr], h.act[hr], a), U, safe)
+        del mem_units
+        fits &= (avail > 0) & (used <= U)
+        T = np.maximum(T, K * t + x)
+    return T, fits
+
+
+# --- the whole search ------------------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    T: float
+    spec: Spec | None
+    B: int
+    candidates: int
+
+
+def search_batch(tables: CostTables, opts: Options, B: int, incumbent: float = INF) -> Result:
+    budget, U, L = opts.memory_bytes, opts.buckets, tables.layers
+    T0, spec0, count = uniform_best(tables, opts, B, budget)
+    if opts.uniform:
+        return Result(T0, spec0, B, count)
+    best_T, best = (T0, ("uniform", spec0)) if T0 < incumbent else (incumbent, None)
+    subs = []
+    for p in sorted(tables.pipes):
+        if p > L or (opts.max_pp is not None and p > opts.max_pp) or (opts.pp is not None and p not in opts.pp):
+            continue
+        for b in [d for d in range(1, B + 1) if B % d == 0]:
+            sub = prepare(tables, opts, p, b, B)
+            if sub is None:
+                continue
+            for sched in opts.schedules:
+                if sched == "1f1b" and sub.m < p:
+                    continue
+                subs.append((sub.lb, p, b, sched, sub))
+    subs.sort(key=lambda t: (t[0], t[1], t[2], t[3]))
+    for lb, p, b, sched, sub in subs:
+        if lb >= best_T * (1 + REL):
+            break
+        found = solve_sub(tables, sub, sched, budget, U, best_T)
+        count += sub.counters.get("cells", 0)
+        sub.counters["cells"] = 0
+        if found is not None and found[0] < best_T:
+            best_T, best = found[0], (sched, sub, found[1])
+    if best is None:
+        return Result(INF, None, B, count)
+    if best[0] == "uniform":
+        return Result(best_T, best[1], B, count)
+    sched, sub, stages = best
+    spec = reconstruct(tables, sub, sched, budget, U, stages)
+    return Result(best_T, spec, B, count)
+
+
+def run_search(tables: CostTables, opts: Options) -> tuple[Result, float]:
+    """Best plan over the global batches in range (max samples/s); returns it and the seconds taken."""
+    t0 = time.perf_counter()
+    best: Result | None = None
+    total = 0
+    for B in global_batches(tables, opts):
+        inc = INF if best is None or best.spec is None else best.T * B / best.B
+        r = search_batch(tables, opts, B, inc)
+        total += r.candidates
+        if r.spec is not None and (best is None or best.spec is None or B / r.T > best.B / best.T):
+            best = r
+        elif best is None:
+            best = r
+    best.candidates = total
+    if best.spec is not None:
+        check = evaluate_spec(tables, best.spec, opts.memory_bytes, opts.buckets)
+        if not check["fits"] or abs(check["iteration_time_s"] - best.T) > 1e-6 * best.T:
+            raise GalvatronError(f"internal error: the search's plan evaluates to {check['iteration_time_s']} s "
+                                 f"(fits: {check['fits']}), the search predicted {best.T} s")
+        best.T = check["iteration_time_s"]
+    return best, time.perf_counter() - t0
+
+
+def minimal_budget(tables: CostTables, opts: Options, rel: float = 1e-3) -> float | None:
+    """The smallest budget (bytes, to within rel) at which a plan exists, or None if none exists at any size."""
+    import dataclasses
+
+    def feasible(mem):
+        o = dataclasses.replace(opts, memory_bytes=mem)
+        return any(search_batch(tables, o, B).spec is not None for B in global_batches(tables, o))
+
+    lo, hi = opts.memory_bytes, max(opts.memory_bytes, 2 ** 30) * 2
+    while not feasible(hi):
+        lo, hi = hi, hi * 2
+        if hi > 2 ** 60:
+            return None
+    while hi - lo > rel * hi:
+        mid = (lo + hi) / 2
+        if feasible(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def require(result: Result, tables: CostTables, opts: Options) -> Result:
+    if result.spec is None:
+        need = minimal_budget(tables, opts)
+        gib = opts.memory_bytes / 2 ** 30
+        if need is None:
+            raise InfeasibleError(f"no plan in the searched space at {gib:g} GiB per GPU, nor at any budget "
+                                  f"(the options exclude every strategy, or the batch cannot be split)")
+        raise InfeasibleError(f"no plan fits {gib:g} GiB per GPU; the smallest budget at which one exists is "
+                              f"{math.ceil(need / 2 ** 30 * 100) / 100:.2f} GiB")
+    return result
