@@ -1,12 +1,122 @@
-"""Command line of galvatron-probe (stub until its issue lands)."""
-import sys
+"""Command line of galvatron-probe.
+
+    galvatron-probe bandwidth --nproc 4 [--quick] [-o hw.json]
+    torchrun --nproc-per-node 8 -m galvatron_probe bandwidth -o hw.json
+    galvatron-probe compute --model tiny-llama --tp 1,2 --micro-batch-sizes 1,2,4 [--nproc 2] [-o model.json]
+
+Documents go to stdout or ``-o FILE`` (written atomically by rank 0 only); progress and errors go to stderr.
+Exit codes: 0 ok, 1 runtime failure, 2 impossible request, 3 invalid input document (a bad config.json).
+"""
+from __future__ import annotations
+
+import re
 
 import click
 
+from . import __version__
+from ._contracts.documents import exits_cleanly, write_document
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def main(args):
-    """Not implemented yet."""
-    print("galvatron-probe: not implemented yet", file=sys.stderr)
-    sys.exit(1)
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024 ** 2, "mb": 1000 ** 2, "mib": 1024 ** 2,
+          "g": 1024 ** 3, "gb": 1000 ** 3, "gib": 1024 ** 3}
+
+
+class Bytes(click.ParamType):
+    """A byte count: 4096, 4KiB, 32MiB, 1GiB (K/M/G alone are binary)."""
+
+    name = "bytes"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(value))
+        if not m or m.group(2).lower() not in _UNITS:
+            self.fail(f"expected a byte count like 4096, 4KiB or 32MiB, got {value!r}", param, ctx)
+        return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+class IntList(click.ParamType):
+    """Comma-separated positive integers: 1,2,4."""
+
+    name = "ints"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            out = [int(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"expected comma-separated integers like 1,2,4, got {value!r}", param, ctx)
+        if not out or min(out) < 1:
+            self.fail(f"expected positive integers, got {value!r}", param, ctx)
+        return out
+
+
+def _common(fn):
+    for opt in reversed([
+        click.option("--nproc", type=click.IntRange(min=1), default=None,
+                     help="Launch N local ranks (torch's launcher). Leave out under torchrun."),
+        click.option("--quick", is_flag=True, help="A reduced sweep (tests, quickstart)."),
+        click.option("--warmup", type=click.IntRange(min=0), default=None, help="Warm-up iterations per point."),
+        click.option("--repeats", type=click.IntRange(min=1), default=None, help="Timed repeats per point."),
+        click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=60.0, show_default=True,
+                     help="Process-group timeout in seconds: a stuck collective fails after this long."),
+        click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (rank 0)."),
+        click.option("-o", "--output", default="-", show_default=True, help="Output file ('-': stdout)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="galvatron-probe")
+def main():
+    """Measure a cluster's collectives (bandwidth) and a model's per-layer time and memory (compute)."""
+
+
+@main.command()
+@click.option("--backend", type=click.Choice(["gloo", "nccl"]), default=None,
+              help="Default: nccl with CUDA, else gloo.")
+@click.option("--no-overlap", is_flag=True, help="Skip the compute/communication overlap measurement.")
+@click.option("--min-bytes", type=Bytes(), default=None, help="Smallest message (default 4KiB).")
+@click.option("--max-bytes", type=Bytes(), default=None,
+              help="Largest message (default 32MiB on CPU, 256MiB on GPU, 1MiB with --quick).")
+@click.option("--group-sizes", type=IntList(), default=None,
+              help="Group sizes to probe (default: every power of two dividing the world).")
+@click.option("--gpus-per-node", "ranks_per_node", type=click.IntRange(min=1), default=None,
+              help="Ranks per node (default: LOCAL_WORLD_SIZE, or --nproc).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@_common
+@exits_cleanly
+def bandwidth(nproc, backend, quick, no_overlap, min_bytes, max_bytes, group_sizes, ranks_per_node, dtype, warmup,
+              repeats, timeout_s, progress, output):
+    """Collectives, p2p and overlap of the launched world -> a hardware-profile document."""
+    from .api import probe_bandwidth
+
+    doc = probe_bandwidth(nproc=nproc, backend=backend, quick=quick, overlap=not no_overlap, min_bytes=min_bytes,
+                          max_bytes=max_bytes, group_sizes=group_sizes, ranks_per_node=ranks_per_node, dtype=dtype,
+                          warmup=warmup, repeats=repeats, timeout_s=timeout_s, progress=progress)
+    if doc is not None:
+        write_document(doc, output)
+
+
+@main.command()
+@click.option("--model", required=True, help="A preset name (tiny-gpt, llama2-7b, ...) or a config.json path.")
+@click.option("--seq-len", "seq_lens", type=IntList(), default=None, help="Sequence lengths (default: max_seq_len).")
+@click.option("--micro-batch-sizes", type=IntList(), default=None, help="Default 1,2,4 (--quick: 1,2).")
+@click.option("--tp", "tp_degrees", type=IntList(), default=None,
+              help="TP shard degrees (default: powers of two up to 8 that the model allows).")
+@click.option("--layers", default=None, help="Comma-separated layer kinds (default decoder,embedding,head).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@_common
+@exits_cleanly
+def compute(model, seq_lens, micro_batch_sizes, tp_degrees, layers, dtype, nproc, quick, warmup, repeats,
+            timeout_s, progress, output):
+    """Per-layer time and exact memory of the model's TP shards -> a model-profile document."""
+    from .api import probe_compute
+
+    doc = probe_compute(model, nproc=nproc, seq_lens=seq_lens, micro_batch_sizes=micro_batch_sizes,
+                        tp_degrees=tp_degrees, layers=[x.strip() for x in layers.split(",")] if layers else None,
+                        dtype=dtype, quick=quick, warmup=warmup, repeats=repeats, timeout_s=timeout_s,
+                        progress=progress)
+    if doc is not None:
+        write_document(doc, output)

@@ -1,0 +1,174 @@
+"""``galvatron-probe compute``: per-layer forward/backward time and exact memory of a model's TP shards.
+
+    galvatron-probe compute --model tiny-gpt --quick
+    galvatron-probe compute --model path/to/config.json --tp 1,2,4 --micro-batch-sizes 1,2,4 --nproc 4
+
+For each layer kind (decoder, embedding, head) and TP degree t, the probe's own reference shard (layers.py) is
+timed for every (sequence length, micro-batch size): forward, backward, and backward under full recompute (the
+recomputed forward included). Every launched rank measures at once, between barriers, and the slowest rank's time
+of each repeat is kept. Memory (memory.py) is exact and per sample; parameters are read off the modules.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from dataclasses import dataclass
+
+from . import __version__
+from ._contracts.documents import UsageError, producer
+from ._contracts.models import load_model_spec
+from .layers import LAYER_KINDS, tp_problems
+from .progress import Progress
+from .stats import timing_stats
+
+DTYPES = ("fp32", "bf16")
+
+
+@dataclass
+class ComputeOptions:
+    model: str | dict = "tiny-gpt"
+    seq_lens: list[int] | None = None
+    micro_batch_sizes: list[int] | None = None
+    tp_degrees: list[int] | None = None
+    layers: list[str] | None = None
+    dtype: str = "fp32"
+    quick: bool = False
+    warmup: int | None = None
+    repeats: int | None = None
+    timeout_s: float = 60.0
+    progress: bool = True
+
+
+@dataclass
+class ComputePlan:
+    spec: dict
+    seq_lens: list[int]
+    micro_batch_sizes: list[int]
+    tp_degrees: list[int]
+    layers: list[str]
+    dtype: str
+    warmup: int
+    repeats: int
+
+
+def resolve(opts: ComputeOptions, cuda: bool) -> ComputePlan:
+    """Defaults and checks before any work. An impossible request is a UsageError (exit 2); a bad config.json a
+    DocumentError (exit 3).
+
+    Defaults: seq_lens [max_seq_len]; micro-batch sizes 1,2,4 (--quick: 1,2); tp: the powers of two up to 8 that
+    every probed layer allows; warm-up 2 and 5 repeats on CPU, 3 and 10 on GPU (--quick: 1 and 3)."""
+    spec = opts.model if isinstance(opts.model, dict) else load_model_spec(opts.model)
+    layers = list(opts.layers or LAYER_KINDS)
+    for layer in layers:
+        if layer not in LAYER_KINDS:
+            raise UsageError(f"--layers: expected some of {', '.join(LAYER_KINDS)}, got {layer!r}")
+    if opts.dtype not in DTYPES:
+        raise UsageError(f"--dtype: expected one of {', '.join(DTYPES)}, got {opts.dtype!r}")
+    if opts.tp_degrees:
+        tps = sorted(set(opts.tp_degrees))
+        problems = [p for t in tps for layer in layers for p in tp_problems(spec, layer, t)]
+        if problems:
+            raise UsageError("--tp: " + "; ".join(dict.fromkeys(problems)))
+    else:
+        tps = [t for t in (1, 2, 4, 8) if not any(tp_problems(spec, layer, t) for layer in layers)]
+    seq_lens = sorted(set(opts.seq_lens or [spec["max_seq_len"]]))
+    for s in seq_lens:
+        if s < 1:
+            raise UsageError(f"--seq-len: expected positive lengths, got {s}")
+        if s > spec["max_seq_len"] and spec["family"] == "gpt2" and "embedding" in layers:
+            raise UsageError(f"--seq-len: {s} exceeds the {spec['max_seq_len']} learned positions of {spec['name']}")
+    mbs = sorted(set(opts.micro_batch_sizes or ([1, 2] if opts.quick else [1, 2, 4])))
+    if mbs[0] < 1:
+        raise UsageError(f"--micro-batch-sizes: expected positive sizes, got {mbs[0]}")
+    warmup = opts.warmup if opts.warmup is not None else (1 if opts.quick else 3 if cuda else 2)
+    repeats = opts.repeats if opts.repeats is not None else (3 if opts.quick else 10 if cuda else 5)
+    if warmup < 0 or repeats < 1:
+        raise UsageError(f"--warmup/--repeats: expected >= 0 and >= 1, got {warmup} and {repeats}")
+    return ComputePlan(spec, seq_lens, mbs, tps, layers, opts.dtype, warmup, repeats)
+
+
+def time_layer(module, args, grad, timer, warmup: int, repeats: int) -> dict:
+    """Forward, backward and recompute-backward times of one shard on one micro-batch, slowest rank per repeat."""
+    from torch.utils.checkpoint import checkpoint
+
+    fwd, bwd, rec = [], [], []
+    out = []
+
+    def forward(wrap=False):
+        out.append(checkpoint(module, *args, use_reentrant=False) if wrap else module(*args))
+
+    def backward():
+        out.pop().backward(grad)
+
+    for i in range(warmup + repeats):
+        timer.barrier()
+        tf = timer.time(forward)
+        timer.barrier()
+        tb = timer.time(backward)
+        forward(wrap=True)
+        timer.barrier()
+        tr = timer.time(backward)
+        if i >= warmup:
+            fwd.append(tf), bwd.append(tb), rec.append(tr)
+    n = len(fwd)
+    slow = timer.slowest(fwd + bwd + rec)
+    return {"forward": timing_stats(slow[:n]), "backward": timing_stats(slow[n:2 * n]),
+            "backward_recompute": timing_stats(slow[2 * n:])}
+
+
+def compute_worker(opts: ComputeOptions) -> dict | None:
+    """One rank's whole probe; rank 0 (or the only process) returns the model-profile document."""
+    import torch
+
+    from .bandwidth import Timer, device_info
+    from .launch import close_distributed, init_distributed, set_threads
+    from .layers import build_shard, make_inputs, param_split
+    from .memory import saved_bytes_per_sample
+
+    t_start = time.perf_counter()
+    d = init_distributed(None, opts.timeout_s)
+    try:
+        threads = set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))
+        plan = resolve(opts, d.device.type == "cuda")
+        dtype = torch.float32 if plan.dtype == "fp32" else torch.bfloat16
+        timer = Timer(d.device, opts.timeout_s, distributed=d.world > 1)
+        steps = len(plan.layers) * len(plan.tp_degrees) * len(plan.seq_lens) * (len(plan.micro_batch_sizes) + 1)
+        progress = Progress(steps, "compute", enabled=opts.progress and d.is_main)
+        entries = []
+        for layer in plan.layers:
+            for t in plan.tp_degrees:
+                total, replicated = param_split(plan.spec, layer, t)
+                memory, timings = [], []
+                for s in plan.seq_lens:
+                    saved = [saved_bytes_per_sample(plan.spec, layer, t, s, rc, dtype, d.device) for rc in (0, 1)]
+                    memory.append({"seq_len": s, "saved_bytes_per_sample": saved[0],
+                                   "recompute_saved_bytes_per_sample": saved[1]})
+                    progress.step(f"{layer} tp={t} seq={s} memory")
+                    torch.manual_seed(0)
+                    module = build_shard(plan.spec, layer, t, dtype=dtype, device=d.device)
+                    for b in plan.micro_batch_sizes:
+                        args, grad = make_inputs(plan.spec, layer, b, s, dtype=dtype, device=d.device)
+                        with timer.named(f"timing {layer} (tp {t}, seq {s}, micro-batch {b})"):
+                            times = time_layer(module, args, grad, timer, plan.warmup, plan.repeats)
+                        timings.append({"seq_len": s, "micro_batch_size": b, **times})
+                        progress.step(f"{layer} tp={t} seq={s} b={b}")
+                    del module
+                entries.append({"layer": layer, "tp": t, "param_count": total, "param_count_tp_replicated": replicated,
+                                "memory": memory, "timings": timings})
+        timer.barrier()
+    finally:
+        close_distributed()
+    if not d.is_main:
+        return None
+    return {
+        "kind": "model-profile", "schema_version": "1.0", "producer": producer("galvatron-probe", __version__),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": plan.spec,
+        "settings": {"dtype": plan.dtype, "seq_lens": plan.seq_lens, "micro_batch_sizes": plan.micro_batch_sizes,
+                     "tp_degrees": plan.tp_degrees, "concurrent_ranks": d.world, "threads_per_rank": threads,
+                     "device": device_info(d.device), "warmup": plan.warmup, "repeats": plan.repeats,
+                     "quick": opts.quick, "elapsed_s": time.perf_counter() - t_start},
+        "layers": entries,
+    }
+

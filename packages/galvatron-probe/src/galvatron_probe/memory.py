@@ -1,0 +1,66 @@
+"""Exact bytes a layer saves for backward, counted with saved-tensor hooks.
+
+Every tensor autograd packs during the forward is seen; tensors sharing a storage count once (the storage's
+bytes); parameters and buffers (model state, not activations) are left out. Under full recompute
+(``torch.utils.checkpoint``, use_reentrant=False) what stays saved is what checkpoint keeps: the layer's inputs.
+
+Each saved storage is classified by building the same shard with every split width doubled (``widen=2``): a storage
+that doubles is one the TP degree divides (``tp_divided``); one that stays the same size is held whole by every TP
+rank (``tp_replicated``, what Megatron sequence parallelism divides by t). Per-sample bytes are the difference
+between a 2-sample and a 1-sample micro-batch, so constants that do not grow with the batch (position ids) drop out.
+
+    saved_bytes_per_sample(load_model_spec("tiny-gpt"), "decoder", t=2, seq_len=64)
+    # {'tp_divided': ..., 'tp_replicated': ...}
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ._contracts.documents import GalvatronError
+from .layers import build_shard, make_inputs
+
+
+def saved_storages(module: torch.nn.Module, args: tuple, recompute: bool = False) -> list[int]:
+    """Bytes of each distinct storage saved for backward by one forward, in the order first saved."""
+    state = {t.untyped_storage().data_ptr() for t in list(module.parameters()) + list(module.buffers())}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if storage.nbytes() and ptr not in state and ptr not in seen:
+            seen[ptr] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = checkpoint(module, *args, use_reentrant=False) if recompute else module(*args)
+    del out
+    return list(seen.values())
+
+
+def saved_bytes_per_sample(spec: dict, layer: str, t: int, seq_len: int, recompute: bool = False,
+                           dtype=torch.float32, device="cpu") -> dict:
+    """{'tp_divided', 'tp_replicated'}: bytes one TP rank's shard saves for backward per sample."""
+
+    def run(widen, batch):
+        torch.manual_seed(0)
+        module = build_shard(spec, layer, t, widen=widen, dtype=dtype, device=device)
+        args, _ = make_inputs(spec, layer, batch, seq_len, dtype=dtype, device=device)
+        return saved_storages(module, args, recompute)
+
+    one, wide, two = run(1, 1), run(2, 1), run(1, 2)
+    if not (len(one) == len(wide) == len(two)):
+        raise GalvatronError(f"internal error: {layer} (tp {t}) saved {len(one)}, {len(wide)} and {len(two)} tensors "
+                             f"in runs that should save the same ones")
+    split = {"tp_divided": 0, "tp_replicated": 0}
+    for i, (a, w, b) in enumerate(zip(one, wide, two, strict=True)):
+        if w == 2 * a:
+            part = "tp_divided"
+        elif w == a:
+            part = "tp_replicated"
+        else:
+            raise GalvatronError(f"internal error: saved tensor {i} of {layer} (tp {t}) has {a} bytes, {w} when the "
+                                 f"split widths double: neither divided nor replicated")
+        split[part] += b - a
+    return split
