@@ -162,6 +162,8 @@ class Builder:
         if e is not None:
             full_div, _ = param_shapes(self.spec, layer, tp, True)
             counts = {numel(div) + numel(rep), numel(full_div) + numel(rep)}
+            if layer == "head" and self.spec["tied_embeddings"]:
+                counts.add(numel(rep))                    # a probe may leave the shared table out of the head
             if e["param_count"] not in counts:
                 note = (f"{layer} tp={tp}: profiled {e['param_count']} parameters but the reference shapes hold "
                         f"{numel(div) + numel(rep)}; padding counted on one flat tensor of the profiled count")
@@ -179,10 +181,12 @@ class Builder:
         for topo in set(topos):
             if topo.n < 2:
                 continue
-            ab, extrap, method = self.comm.collective(op, topo, what)
-            if (op, topo) not in self.used_coll:
-                self.used_coll[(op, topo)] = {"ab": ab, "extrapolated": extrap, "method": method, "layout": layout,
-                                              "stride": stride}
+            used = self.used_coll.get((op, topo))
+            if used is None:
+                ab, extrap, method = self.comm.collective(op, topo, what)
+                used = self.used_coll[(op, topo)] = {"ab": ab, "extrapolated": extrap, "method": method,
+                                                     "layout": layout, "stride": stride}
+            ab = used["ab"]
             alpha, per_byte = max(alpha, ab.alpha_s), max(per_byte, ab.per_byte_s())
         return alpha, per_byte
 
@@ -235,7 +239,7 @@ class Builder:
                 p2p = _lin(ab.alpha_s, act / (lay.dp * (lay.tp if lay.sp else 1)) * ab.per_byte_s())
             layout_docs.append({"id": lay.id, "tp": lay.tp, "tp_layout": lay.tp_layout, "sp": lay.sp,
                                 "dp": lay.dp, "p2p": p2p})
-        transitions = []
+        transitions, need_cache = [], {}
         for a in layouts:
             for b in layouts:
                 if a == b:
@@ -243,11 +247,14 @@ class Builder:
                 fw, bw = (0.0, 0.0), (0.0, 0.0)
                 for off in offsets:
                     for direction, (src, dst) in (("f", (a, b)), ("b", (b, a))):
-                        recv, srcs, nn, cross = gather_need(S, src, dst, off, G)
-                        vol = float(recv.max())
-                        if vol <= 0:
+                        if (src, dst, off) not in need_cache:
+                            recv, srcs, nn, cross = gather_need(S, src, dst, off, G)
+                            vol = float(recv.max())
+                            topo = transition_topology(recv, srcs, nn, cross, off, G) if vol > 0 else None
+                            need_cache[(src, dst, off)] = (vol, topo)
+                        vol, topo = need_cache[(src, dst, off)]
+                        if topo is None:
                             continue
-                        topo = transition_topology(recv, srcs, nn, cross, off, G)
                         alpha, per_byte = self.coll("all_gather", [topo], "strided" if topo.crosses else
                                                     "consecutive", None, where)
                         cost = (alpha, vol * act * per_byte)

@@ -1,0 +1,188 @@
+"""End to end: synthetic profiles -> cost-model document, checked against the schema and by hand."""
+import copy
+import json
+
+import pytest
+import synthetic
+
+from galvatron_cost import fit
+from galvatron_cost._contracts.documents import DocumentError, UsageError, dumps, schema_errors
+from galvatron_cost._contracts.models import PRESETS
+
+TINY = PRESETS["tiny-gpt"]            # 4 layers, h 64, 4 heads, vocab 256, tied
+L = synthetic.LINKS
+
+
+def _doc(nodes=1, gpn=2, spec=TINY, **kw):
+    return fit(synthetic.hardware_profile(nodes, gpn), synthetic.model_profile(spec), **kw)
+
+
+def _strategy(doc, pp, sid):
+    pipe = next(p for p in doc["pipelines"] if p["pp"] == pp)
+    return next(s for s in pipe["strategies"] if s["id"] == sid)
+
+
+@pytest.fixture(scope="module")
+def two_ranks():
+    return _doc(1, 2)
+
+
+def test_two_ranks_validates_and_enumerates(two_ranks):
+    doc = two_ranks
+    assert schema_errors(doc, "cost-model", "1.0") == []
+    dumps(doc)                                            # finite, schema-valid, semantic checks
+    assert [p["pp"] for p in doc["pipelines"]] == [1, 2]
+    pipe = doc["pipelines"][0]
+    assert [lay["id"] for lay in pipe["layouts"]] == ["tp1", "tp2c", "tp2c-sp"]
+    assert len(pipe["transitions"]) == 3 * 2
+    # tp1 (dp 2): 3 shardings x 2 recompute for decoder and head, 3 for embedding; tp2 (dp 1): ddp only
+    assert len(pipe["strategies"]) == 6 + 3 + 6 + 2 * (2 + 1 + 2)
+    assert doc["overlap"] == {"compute_slowdown": 1.1, "comm_slowdown": 1.25, "measured": True}
+    assert [i["kind"] for i in doc["inputs"]] == ["hardware-profile", "model-profile"]
+
+
+def test_tensor_parallel_comm_by_hand(two_ranks):
+    s, h = 32, 64
+    st = _strategy(two_ranks, 1, "decoder/tp2c/ddp")
+    # two all-reduces of s*h*4 bytes per sample over the intra-node pair: alpha = 2(n-1) a_intra each
+    assert st["time"]["forward_comm"]["fixed_s"] == pytest.approx(2 * 2 * L["a_intra"], rel=1e-5)
+    assert st["time"]["forward_comm"]["per_sample_s"] == pytest.approx(2 * 1.0 * s * h * 4 / L["bw_intra"], rel=1e-5)
+    assert st["time"]["backward_comm"] == st["time"]["forward_comm"]
+    rc = _strategy(two_ranks, 1, "decoder/tp2c/ddp/rc")
+    assert rc["time"]["backward_comm"]["per_sample_s"] == pytest.approx(2 * st["time"]["forward_comm"]["per_sample_s"])
+    sp = _strategy(two_ranks, 1, "decoder/tp2c-sp/ddp")
+    # all-gather + reduce-scatter of the same buffer: half the wire bytes of two all-reduces on 2 ranks
+    assert sp["time"]["forward_comm"]["per_sample_s"] == pytest.approx(2 * 0.5 * s * h * 4 / L["bw_intra"], rel=1e-5)
+    assert sp["memory"]["activation"]["per_sample_bytes"] < st["memory"]["activation"]["per_sample_bytes"]
+
+
+def test_data_parallel_comm_and_memory_by_hand(two_ranks):
+    P = 12 * 64 * 64 + 13 * 64                          # one gpt2 block, h = 64
+    ddp = _strategy(two_ranks, 1, "decoder/tp1/ddp")
+    assert ddp["time"]["grad_sync_s"] == pytest.approx(2 * L["a_intra"] + 4 * P / L["bw_intra"], rel=1e-5)
+    assert ddp["memory"]["param_bytes"] == 4 * P and ddp["memory"]["grad_bytes"] == 4 * P
+    assert ddp["memory"]["optimizer_bytes"] == 8 * P
+    z3 = _strategy(two_ranks, 1, "decoder/tp1/zero3")
+    assert z3["time"]["grad_sync_s"] == 0
+    # every dim 0 of the block is even: P_d = P / 2; all-gather of 4 P bytes moves half of it
+    assert z3["time"]["param_gather_forward_s"] == pytest.approx(L["a_intra"] + 0.5 * 4 * P / L["bw_intra"], rel=1e-5)
+    assert z3["time"]["param_gather_backward_s"] == z3["time"]["param_gather_forward_s"]
+    assert z3["time"]["grad_reduce_per_microbatch_s"] == pytest.approx(z3["time"]["param_gather_forward_s"])
+    assert z3["memory"]["param_bytes"] + z3["memory"]["grad_bytes"] + z3["memory"]["optimizer_bytes"] == 16 * P // 2
+    # compute: b samples over dp 2, s = 32 tokens each, synthetic per-token 4e-7 at tp1
+    assert ddp["time"]["forward"]["per_sample_s"] == pytest.approx(4e-7 * 32 / 2, rel=1e-4)
+    assert ddp["time"]["backward"]["per_sample_s"] == pytest.approx(4e-7 * 32 / 2 * synthetic.BACKWARD, rel=1e-4)
+
+
+def test_recompute_memory(two_ranks):
+    s, h = 32, 64
+    full = _strategy(two_ranks, 1, "decoder/tp1/ddp")["memory"]
+    rc = _strategy(two_ranks, 1, "decoder/tp1/ddp/rc")["memory"]
+    assert rc["activation"]["per_sample_bytes"] == s * h * 4 / 2          # only the layer input, b/2 per rank
+    extra = rc["workspace"]["per_sample_bytes"] - full["workspace"]["per_sample_bytes"]
+    assert extra == pytest.approx(full["activation"]["per_sample_bytes"] - rc["activation"]["per_sample_bytes"])
+
+
+def test_tied_embeddings(two_ranks):
+    h, v = 64, 256
+    head1 = _strategy(two_ranks, 1, "head/tp1/ddp")
+    assert head1["memory"]["param_bytes"] == 4 * 2 * h                     # only the final LayerNorm at pp = 1
+    head2 = _strategy(two_ranks, 2, "head/tp1/ddp")
+    assert head2["memory"]["param_bytes"] == 4 * (2 * h + v * h)            # the last stage's copy at pp = 2
+    # its gradient is summed with the first stage's every iteration: a 2-rank all-reduce
+    assert head2["time"]["grad_sync_s"] == pytest.approx(2 * L["a_intra"] + 4 * v * h / L["bw_intra"], rel=1e-5)
+
+
+def test_pipeline_p2p(two_ranks):
+    pipe = two_ranks["pipelines"][1]
+    lay = pipe["layouts"][0]
+    assert (pipe["pp"], pipe["stage_ranks"], lay["id"]) == (2, 1, "tp1")
+    assert lay["p2p"]["fixed_s"] == pytest.approx(L["p2p_alpha"], rel=1e-5)
+    assert lay["p2p"]["per_sample_s"] == pytest.approx(32 * 64 * 4 / L["p2p_intra"], rel=1e-5)
+    assert two_ranks["pipelines"][0]["layouts"][0]["p2p"] == {"fixed_s": 0.0, "per_sample_s": 0.0}
+
+
+def test_four_ranks_layouts_and_transitions():
+    doc = _doc(1, 4)
+    dumps(doc)
+    pipe = doc["pipelines"][0]
+    ids = [lay["id"] for lay in pipe["layouts"]]
+    assert ids == ["tp1", "tp2c", "tp2c-sp", "tp2s", "tp2s-sp", "tp4c", "tp4c-sp"]
+    tr = {(t["from"], t["to"]): t for t in pipe["transitions"]}
+    assert len(tr) == 7 * 6
+    # tp1 -> tp2c: a batch all-gather of a quarter of the micro-batch forward; free backward
+    t = tr[("tp1", "tp2c")]
+    assert t["forward"]["per_sample_s"] == pytest.approx(0.25 * 32 * 64 * 4 / L["bw_intra"], rel=1e-5)
+    assert t["backward"] == {"fixed_s": 0.0, "per_sample_s": 0.0}
+    assert tr[("tp2c", "tp1")]["forward"] == {"fixed_s": 0.0, "per_sample_s": 0.0}
+    # tp4 was not profiled: derived and flagged
+    tp4 = [c for c in doc["fits"]["compute"] if c["tp"] == 4]
+    assert tp4 and all(c["extrapolated"] for c in tp4)
+    assert any("decoder tp=4" in n for n in doc["notes"])
+
+
+def test_two_by_eight_extrapolated_to_128_nodes():
+    spec = PRESETS["llama2-7b"]
+    hw = synthetic.hardware_profile(2, 8)
+    mp = synthetic.model_profile(spec, tp_degrees=(1, 2, 4, 8), seq_lens=(512,), mbs=(1, 2))
+    doc = fit(hw, mp, nodes=128, gpus_per_node=8)
+    text = dumps(doc)
+    assert len(text) < 4e6                               # no per-rank lists
+    assert doc["cluster"] == {"nodes": 128, "gpus_per_node": 8, "world_size": 1024,
+                              "device": hw["cluster"]["device"], "backend": "gloo"}
+    assert [p["pp"] for p in doc["pipelines"]] == [1, 2, 4, 8, 16, 32]
+    extrap = [c for c in doc["fits"]["collectives"] if c["extrapolated"]]
+    assert any(c["group_size"] == 1024 and c["nodes_spanned"] == 128 for c in extrap)
+    assert all(not c["extrapolated"] for c in doc["fits"]["collectives"] if "quality" in c)
+    # tp8 within a node reuses the probed intra-node fit; the dp group of 128 nodes (one rank each) is the
+    # node link shared by 8 groups
+    z = _strategy(doc, 1, "decoder/tp8c/zero3")
+    P_d = z["memory"]["param_bytes"] // 4
+    ag = z["time"]["param_gather_forward_s"]
+    wire = 127 / 128 * 4 * P_d * 128
+    # bus bandwidth (127/128) / (8 * (127/128) / B_node) = B_node / 8; latency 127 inter-node steps
+    assert ag == pytest.approx(127 * L["a_inter"] + wire / (L["b_node"] / 8), rel=1e-3)
+    assert "target cluster 128x8 extrapolated from the profiled 2x8" in doc["notes"]
+
+
+def test_settings_and_model_check():
+    hw, mp = synthetic.hardware_profile(1, 2), synthetic.model_profile(TINY, seq_lens=(16, 32))
+    doc = fit(hw, mp, seq_len=24, optimizer="sgd", runtime_overhead_bytes=123)
+    assert doc["training"] == {"seq_len": 24, "dtype": "fp32", "optimizer": "sgd", "runtime_overhead_bytes": 123}
+    assert _strategy(doc, 1, "decoder/tp1/ddp")["memory"]["optimizer_bytes"] == 0
+    fit(hw, mp, model=copy.deepcopy(TINY))                # same architecture: fine
+    with pytest.raises(DocumentError, match="not the asked 'tiny-llama'"):
+        fit(hw, mp, model=PRESETS["tiny-llama"])
+
+
+@pytest.mark.parametrize("case,match", [
+    ("no_tp1", "no 'decoder' entry with tp=1"),
+    ("seq", "seq_len 64 was not profiled"),
+    ("dtype", "profiled in fp32"),
+    ("device", "profiled on cuda"),
+    ("cluster", "no group that crosses nodes"),
+])
+def test_disagreeing_inputs_exit_3(case, match):
+    hw, mp, kw = synthetic.hardware_profile(1, 2), synthetic.model_profile(TINY), {}
+    if case == "no_tp1":
+        mp["layers"] = [e for e in mp["layers"] if not (e["layer"] == "decoder" and e["tp"] == 1)]
+    elif case == "seq":
+        kw["seq_len"] = 64
+    elif case == "dtype":
+        kw["dtype"] = "bf16"
+    elif case == "device":
+        mp = synthetic.model_profile(TINY, device="cuda")
+    elif case == "cluster":
+        kw["nodes"] = 2
+    with pytest.raises(DocumentError, match=match) as err:
+        fit(hw, mp, **kw)
+    assert err.value.exit_code == 3
+
+
+def test_bad_max_tp_is_a_usage_error():
+    with pytest.raises(UsageError):
+        _doc(1, 2, max_tp=3)
+
+
+def test_document_is_deterministic(two_ranks):
+    assert json.dumps(_doc(1, 2), sort_keys=True) == json.dumps(two_ranks, sort_keys=True)
