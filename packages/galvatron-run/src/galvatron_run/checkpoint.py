@@ -1,0 +1,613 @@
+"""Checkpoints that survive a crash and a change of plan: sharded torch.distributed.checkpoint (DCP) directories.
+
+Layout of ``--checkpoint-dir D`` (README-data-checkpoints.md explains recovery):
+
+    D/step-200/              one complete checkpoint
+        .metadata            DCP's index: every key, its global shape and where its shards lie
+        __0_0.distcp ...     the shards each rank wrote (model, optimizer, per-rank RNG states)
+        train_state.json     step, LR scheduler, data position (the data source's state), extra fields
+        COMPLETE             written last: step, world size, plan digest, model FQN digest, every file's size and
+                             CRC-32; a directory without it is an interrupted save and is never resumed
+    D/step-300.tmp/          a save in progress (renamed to step-300 when every rank has written)
+
+Keys are plan-independent: ``model.<fqn>``, ``optim.state.<fqn>.<name>``, ``optim.param_groups.<fqn>.<name>``
+(DCP's flattened optimizer state dict) and ``rng.rank<r>.{cpu,cuda}``. A model part's FQNs must be the global ones
+(``embedding.*``, ``layers.<global index>.*``, ``head.*``), never stage-local, so DCP reshards on load: another
+tp/dp/pp or sharding reads the same files. A pipeline stage saves and loads only its own FQNs; the union over the
+stages is the whole model.
+
+    from galvatron_run import checkpoint as ckpt
+    ckpt.save_checkpoint("ckpt", step, [model], [optimizer], scheduler, data_source, keep=3, plan_digest=d)
+    path = ckpt.latest_complete("ckpt")                    # None when there is none
+    info = ckpt.load_checkpoint(path, [model], [optimizer], scheduler, data_source)   # -> {"step": ..., ...}
+    ckpt.export_model("ckpt/step-200", "model.pt")         # offline, one process: a plain {fqn: tensor} file
+    ckpt.import_model("model.pt", [model])                 # start from such a file (collective)
+
+Every function here is collective over ``group`` (default: the world) when torch.distributed is initialised and
+works in a single process without it. A damaged or incomplete checkpoint asked for by name raises
+CheckpointError (exit 3) naming the file and what is wrong.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sys
+import warnings
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from ._contracts.documents import DocumentError, atomic_write_text
+
+FORMAT = "galvatron-run checkpoint"
+FORMAT_VERSION = 1
+MARKER = "COMPLETE"
+TRAIN_STATE = "train_state.json"
+_OPTIM = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+class CheckpointError(DocumentError):
+    """A checkpoint that is incomplete, damaged or does not match the model (exit 3)."""
+
+
+# --- process-group helpers (a single process without torch.distributed is a world of one) ----------------------
+
+def _dist(group) -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank_world(group) -> tuple[int, int]:
+    if not _dist(group):
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _barrier(group) -> None:
+    if _dist(group):
+        dist.barrier(group)
+
+
+def _all_gather(obj, group) -> list:
+    if not _dist(group):
+        return [obj]
+    out = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def _from_rank0(obj, group):
+    if not _dist(group):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+    return box[0]
+
+
+def _agree(problem: str | None, source: str, group) -> None:
+    """Raise the same CheckpointError on every rank if any rank found a problem."""
+    problems = [p for p in _all_gather(problem, group) if p]
+    if problems:
+        raise CheckpointError(source, sorted(set(problems)))
+
+
+@contextlib.contextmanager
+def _quiet_single_process():
+    """DCP warns that it 'assumes a single process' every time it runs without a process group: we mean it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is .*single process")
+        yield
+
+
+def _dcp_save(state, path, group) -> None:
+    with _quiet_single_process():
+        dcp.save(state, checkpoint_id=str(path), process_group=group, no_dist=not _dist(group))
+
+
+def _dcp_load(state, path, group) -> None:
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=str(path), process_group=group, no_dist=not _dist(group))
+
+
+def _as_list(x) -> list:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _parts(model_parts, optimizers) -> tuple[list[nn.Module], list]:
+    parts, optims = _as_list(model_parts), _as_list(optimizers)
+    if not parts:
+        raise ValueError("no model parts given")
+    if optims and len(optims) != len(parts):
+        raise ValueError(f"one optimizer per model part: got {len(optims)} optimizers for {len(parts)} parts")
+    return parts, optims
+
+
+def _fqn_digest(fqns: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(fqns)).encode()).hexdigest()
+
+
+# --- state dicts -------------------------------------------------------------------------------------------------
+
+def _model_state(parts) -> list[dict]:
+    return [get_model_state_dict(p) for p in parts]
+
+
+def _optim_state(parts, optims) -> list[dict]:
+    return [get_optimizer_state_dict(p, o, options=_OPTIM) for p, o in zip(parts, optims, strict=True)]
+
+
+def _rng_state(rank: int) -> dict[str, torch.Tensor]:
+    out = {f"rank{rank}.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out[f"rank{rank}.cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def _merge(dicts: list[dict], what: str) -> dict:
+    merged: dict = {}
+    for d in dicts:
+        clash = merged.keys() & d.keys()
+        if clash:
+            raise ValueError(f"{what}: model parts share the keys {sorted(clash)[:3]}: FQNs must be global and unique")
+        merged.update(d)
+    return merged
+
+
+def _file_crc(path: Path) -> str:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
+
+
+def _checksums(directory: Path, names: list[str], rank: int, world: int, group) -> dict[str, dict]:
+    """{name: {bytes, crc32}} of the files, each rank hashing every world-th one."""
+    mine = {n: {"bytes": (directory / n).stat().st_size, "crc32": _file_crc(directory / n)}
+            for i, n in enumerate(names) if i % world == rank}
+    out: dict[str, dict] = {}
+    for part in _all_gather(mine, group):
+        out.update(part)
+    return out
+
+
+# --- listing and verification --------------------------------------------------------------------------------------
+
+def _step_of(path: Path) -> int | None:
+    name = path.name
+    if not name.startswith("step-") or name.endswith(".tmp"):
+        return None
+    try:
+        return int(name[len("step-"):])
+    except ValueError:
+        return None
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Every ``step-<N>`` directory under ``root`` (complete or not), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(_step_of(p), p) for p in root.iterdir() if p.is_dir()]
+    return sorted((s, p) for s, p in found if s is not None)
+
+
+def read_marker(path: str | os.PathLike) -> dict:
+    """The COMPLETE marker of a checkpoint directory; CheckpointError if it is absent or damaged."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(str(path), "no such checkpoint directory")
+    marker = path / MARKER
+    if not marker.is_file():
+        raise CheckpointError(str(path), f"incomplete: no {MARKER} marker (the save was interrupted or is "
+                                         "still running)")
+    try:
+        doc = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(str(marker), f"damaged marker ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("files"), dict):
+        raise CheckpointError(str(marker), f"not a {FORMAT} marker")
+    if doc.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(str(marker), f"format_version {doc['format_version']} is newer than this reader "
+                                           f"({FORMAT_VERSION}); upgrade galvatron-run")
+    return doc
+
+
+def check_files(path: str | os.PathLike, marker: dict, deep: bool = False, rank: int = 0, world: int = 1) -> list[str]:
+    """Problems with the files the marker lists: missing, wrong size, and (``deep``) wrong CRC-32.
+
+    With ``rank``/``world`` only every world-th file is hashed, so ranks share a deep check."""
+    path, problems = Path(path), []
+    for i, (name, want) in enumerate(sorted(marker["files"].items())):
+        f = path / name
+        if not f.is_file():
+            problems.append(f"{name}: missing")
+            continue
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            problems.append(f"{name}: {size} bytes, expected {want['bytes']} (truncated or damaged)")
+        elif deep and i % world == rank and _file_crc(f) != want["crc32"]:
+            problems.append(f"{name}: CRC-32 mismatch (the file is damaged)")
+    return problems
+
+
+def verify_checkpoint(path: str | os.PathLike, deep: bool = True, group=None) -> dict:
+    """The marker of a complete, undamaged checkpoint; CheckpointError (exit 3) naming every problem otherwise.
+
+    Collective when torch.distributed is initialised: ranks share the CRC work and agree on the verdict."""
+    rank, world = _rank_world(group)
+    try:
+        marker, problem = read_marker(path), None
+    except CheckpointError as e:
+        marker, problem = None, str(e)
+    if marker is not None:
+        found = check_files(path, marker, deep, rank, world)
+        problem = "; ".join(found) if found else None
+    _agree(problem and (problem if marker is None else f"{Path(path)}: damaged: {problem}"), str(path), group)
+    return marker
+
+
+def latest_complete(root: str | os.PathLike, deep: bool = False, group=None, quiet: bool = False) -> Path | None:
+    """The newest checkpoint under ``root`` whose marker and files check out (None if none).
+
+    Checks sizes (``deep``: also every CRC-32; ranks share the work). Incomplete or damaged checkpoints are skipped
+    with a warning on stderr. Every rank gets the same answer; collective when torch.distributed is initialised."""
+    rank, world = _rank_world(group)
+    candidates = [str(p) for _, p in reversed(list_checkpoints(root))] if rank == 0 else None
+    for path in _from_rank0(candidates, group):
+        try:
+            marker, problems = read_marker(path), None
+        except CheckpointError as e:
+            marker, problems = None, [str(e).split(": ", 1)[-1]]
+        if marker is not None:
+            problems = check_files(path, marker, deep, rank, world) if (deep or rank == 0) else []
+        problems = sorted({p for ps in _all_gather(problems, group) for p in ps})
+        if not problems:
+            return Path(path)
+        if rank == 0 and not quiet:
+            print(f"warning: skipping checkpoint {path}: {'; '.join(problems)}", file=sys.stderr)
+    return None
+
+
+# --- save ----------------------------------------------------------------------------------------------------------
+
+def save_checkpoint(root: str | os.PathLike, step: int, model_parts, optimizers=(), scheduler=None, data_source=None,
+                    *, keep: int | None = None, plan_digest: str | None = None, extra: dict | None = None,
+                    group=None) -> Path:
+    """Save a sharded checkpoint of this step, crash-safely; collective. Returns ``root/step-<step>``.
+
+    ``model_parts``: this rank's modules (a pipeline stage's, one or several); ``optimizers``: one per part (or
+    none); ``scheduler``: an LR scheduler (or a list of identical ones: the first is saved); ``data_source``: its
+    ``state()`` is kept; ``extra``: JSON fields kept in train_state.json. ``keep``: afterwards delete all but the
+    newest ``keep`` complete checkpoints (and leftovers of interrupted saves)."""
+    parts, optims = _parts(model_parts, optimizers)
+    rank, world = _rank_world(group)
+    root = Path(root)
+    final, tmp = root / f"step-{step}", root / f"step-{step}.tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier(group)
+
+    model = _merge(_model_state(parts), "model")
+    state: dict[str, Any] = {"model": model, "rng": _rng_state(rank)}
+    if optims:
+        state["optim"] = _merge(_optim_state(parts, optims), "optimizer")
+    _dcp_save(state, tmp, group)
+
+    fqns = set().union(*_all_gather(sorted(model), group))
+    scheds = _as_list(scheduler)
+    if rank == 0:
+        train_state = {"step": step, "scheduler": scheds[0].state_dict() if scheds else None,
+                       "data": data_source.state() if data_source is not None else None, "extra": extra or {}}
+        atomic_write_text(tmp / TRAIN_STATE, json.dumps(train_state, indent=1, allow_nan=False) + "\n")
+    _barrier(group)
+    names = sorted(p.name for p in tmp.iterdir() if p.is_file())
+    files = _checksums(tmp, names, rank, world, group)
+    if rank == 0:
+        marker = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "world_size": world,
+            "plan_digest": plan_digest, "model_fqns": len(fqns), "model_fqn_digest": _fqn_digest(fqns),
+            "has_optimizer": bool(optims), "torch": torch.__version__,
+            "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "files": files,
+        }
+        if final.exists():
+            shutil.rmtree(final)  # an interrupted or superseded save of the same step
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        atomic_write_text(final / MARKER, json.dumps(marker, indent=1) + "\n")
+        _fsync_dir(final)
+        if keep is not None:
+            prune(root, keep)
+    _barrier(group)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def prune(root: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints, every incomplete one and leftover ``*.tmp``
+    directories. Not collective: call it on one rank while no save is running. Returns what it removed."""
+    if keep < 1:
+        raise ValueError(f"--keep must be at least 1, got {keep}")
+    root, removed = Path(root), []
+    complete = [p for _, p in list_checkpoints(root) if (p / MARKER).is_file()]
+    kept = set(complete[-keep:])
+    for _, p in list_checkpoints(root):
+        if p not in kept:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    for p in sorted(root.glob("step-*.tmp")):
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+# --- load ----------------------------------------------------------------------------------------------------------
+
+def _metadata(path: Path):
+    try:
+        return dcp.FileSystemReader(str(path)).read_metadata()
+    except Exception as e:  # noqa: BLE001 - DCP raises many kinds; all mean the index is unreadable
+        raise CheckpointError(str(path / ".metadata"), f"unreadable DCP index ({type(e).__name__}: {e})") from None
+
+
+def _check_keys(path: Path, meta, requested: dict, prefix: str, what: str, group) -> None:
+    """Every rank's keys exist with the same global shape, and together they cover the checkpoint's."""
+    saved = meta.state_dict_metadata
+    problems = []
+    for key, value in requested.items():
+        full = f"{prefix}.{key}"
+        if full not in saved:
+            problems.append(f"{what} has no {key!r}")
+        elif isinstance(value, torch.Tensor) and hasattr(saved[full], "size"):
+            have, want = tuple(saved[full].size), tuple(value.shape)
+            if have != want:
+                problems.append(f"{key}: shape {have} in the checkpoint, {want} in the model")
+    _agree("; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+           if problems else None, str(path), group)
+    if prefix == "model":
+        union = set().union(*_all_gather(sorted(requested), group))
+        names = (k[len(prefix) + 1:] for k in saved if k.startswith(prefix + "."))
+        extra = sorted(n for n in names if n not in union)
+        if extra:
+            _agree(f"the checkpoint holds parameters no rank's model has: {', '.join(extra[:5])}"
+                   + (f" and {len(extra) - 5} more" if len(extra) > 5 else "") + " (a different model?)",
+                   str(path), group)
+
+
+def load_checkpoint(path: str | os.PathLike, model_parts, optimizers=(), scheduler=None, data_source=None, *,
+                    plan_digest: str | None = None, verify: bool = True, group=None) -> dict:
+    """Load a checkpoint into this rank's parts (resharding as needed); collective.
+
+    Without ``optimizers`` only the model is loaded (to start a new run from trained weights). The scheduler and
+    data source get their saved state; RNG states are restored when the world size and plan are the same.
+    Returns ``{"step", "extra", "same_plan", "rng_restored", "path"}``; the run continues at step + 1."""
+    path = Path(path)
+    parts, optims = _parts(model_parts, optimizers)
+    rank, world = _rank_world(group)
+    marker = verify_checkpoint(path, deep=verify, group=group)
+    meta = _metadata(path)
+    if optims and not marker.get("has_optimizer", True):
+        raise CheckpointError(str(path), "holds no optimizer state (a model-only checkpoint): load the model alone")
+
+    model_sds = _model_state(parts)
+    model = _merge(model_sds, "model")
+    _check_keys(path, meta, model, "model", "the checkpoint", group)
+    state: dict[str, Any] = {"model": model}
+    if optims:
+        optim_sds = _optim_state(parts, optims)
+        optim = _merge(optim_sds, "optimizer")
+        _check_keys(path, meta, optim, "optim", "the checkpoint's optimizer state", group)
+        state["optim"] = optim
+    same_plan = marker.get("world_size") == world and marker.get("plan_digest") == plan_digest
+    rng = {k: v.clone() for k, v in _rng_state(rank).items()}
+    rng_restored = same_plan and all(f"rng.{k}" in meta.state_dict_metadata for k in rng)
+    if rng_restored:
+        state["rng"] = rng
+    _dcp_load(state, path, group)
+
+    for part, sd in zip(parts, model_sds, strict=True):
+        set_model_state_dict(part, {k: state["model"][k] for k in sd})
+    if optims:
+        for part, opt, sd in zip(parts, optims, optim_sds, strict=True):
+            set_optimizer_state_dict(part, opt, {k: state["optim"][k] for k in sd}, options=_OPTIM)
+    if rng_restored:
+        torch.set_rng_state(state["rng"][f"rank{rank}.cpu"])
+        if f"rank{rank}.cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"][f"rank{rank}.cuda"])
+
+    train_state = _train_state(path)
+    if optims:
+        for sched in _as_list(scheduler):
+            _load_scheduler(sched, train_state.get("scheduler"), path)
+    if data_source is not None and train_state.get("data"):
+        data_source.load_state(train_state["data"])
+    return {"step": int(train_state["step"]), "extra": train_state.get("extra", {}), "same_plan": same_plan,
+            "rng_restored": rng_restored, "path": str(path), "world_size": marker.get("world_size")}
+
+
+def _train_state(path: Path) -> dict:
+    f = path / TRAIN_STATE
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(str(f), f"unreadable ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("step"), int):
+        raise CheckpointError(str(f), "$.step: expected an integer")
+    return doc
+
+
+def _load_scheduler(sched, saved: dict | None, path: Path) -> None:
+    """Restore the schedule's position, keeping this optimizer's own groups (their count may differ per plan)."""
+    if saved is None:
+        raise CheckpointError(str(path / TRAIN_STATE), "$.scheduler: the checkpoint has no LR scheduler state")
+    own = sched.state_dict()
+    merged = {**saved, "base_lrs": own.get("base_lrs", saved.get("base_lrs")),
+              "_last_lr": [g["lr"] for g in sched.optimizer.param_groups]}
+    if "lr_lambdas" in own:
+        merged["lr_lambdas"] = own["lr_lambdas"]
+    sched.load_state_dict(merged)
+
+
+# --- export and import of a plain full state dict ----------------------------------------------------------------
+
+def export_model(checkpoint: str | os.PathLike, out_file: str | os.PathLike, verify: bool = True) -> dict:
+    """Write the model of a DCP checkpoint as one ``torch.save`` file of ``{fqn: tensor}``, merging all stages and
+    shards; one process, no process group (``python -m galvatron_run.checkpoint export CKPT OUT``). Returns
+    {"tensors", "bytes"}."""
+    checkpoint, out_file = Path(checkpoint), Path(out_file)
+    if verify:
+        problems = check_files(checkpoint, read_marker(checkpoint), deep=True)
+        if problems:
+            raise CheckpointError(str(checkpoint), "damaged: " + "; ".join(problems))
+    meta = _metadata(checkpoint)
+    state = {}
+    for key, item in meta.state_dict_metadata.items():
+        if key.startswith("model.") and hasattr(item, "size"):
+            state[key] = torch.empty(tuple(item.size), dtype=item.properties.dtype)
+    if not state:
+        raise CheckpointError(str(checkpoint), "holds no model tensors")
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
+    model = {k[len("model."):]: v for k, v in sorted(state.items())}
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    torch.save(model, tmp)
+    os.replace(tmp, out_file)
+    return {"tensors": len(model), "bytes": out_file.stat().st_size}
+
+
+def export_full(out_file: str | os.PathLike, model_parts, group=None) -> Path:
+    """Collective: write the running model as one plain ``{fqn: tensor}`` file (rank 0 writes it).
+
+    Goes through a model-only sharded save next to ``out_file``, so any plan (pp stages, tp, FSDP) exports."""
+    out_file = Path(out_file)
+    rank, _ = _rank_world(group)
+    scratch = out_file.with_name(f".{out_file.name}.parts")
+    save_checkpoint(scratch, 0, model_parts, group=group)
+    if rank == 0:
+        export_model(scratch / "step-0", out_file, verify=False)
+        shutil.rmtree(scratch, ignore_errors=True)
+    _barrier(group)
+    return out_file
+
+
+def import_model(in_file: str | os.PathLike, model_parts, group=None, strict: bool = True) -> dict:
+    """Collective: load a plain ``{fqn: tensor}`` file (an export, or any torch.save of a state dict with the same
+    FQNs) into this rank's parts, sharding it as the parts are sharded. Raises CheckpointError (exit 3) for a file
+    that is not such a dict or does not match the model."""
+    in_file = Path(in_file)
+    parts, _ = _parts(model_parts, ())
+    problem, full = None, None
+    if not in_file.is_file():
+        problem = f"{in_file}: no such file"
+    else:
+        try:
+            full = torch.load(in_file, map_location="cpu", mmap=True, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure to unpickle means a damaged or foreign file
+            problem = f"{in_file}: not a readable torch.save state dict ({type(e).__name__}: {e})"
+        plain = isinstance(full, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in full.items())
+        if full is not None and not plain:
+            problem = f"{in_file}: expected a dict of parameter name -> tensor"
+    _agree(problem, str(in_file), group)
+
+    sds = _model_state(parts)
+    mine = _merge(sds, "model")
+    problems = [f"no {k!r}" for k in mine if k not in full]
+    problems += [f"{k}: shape {tuple(full[k].shape)} in the file, {tuple(v.shape)} in the model"
+                 for k, v in mine.items() if k in full and tuple(full[k].shape) != tuple(v.shape)]
+    _agree("; ".join(problems[:8]) if problems else None, str(in_file), group)
+    union = set().union(*_all_gather(sorted(mine), group))
+    unused = sorted(set(full) - union)
+    if strict and unused:
+        _agree(f"holds tensors no rank's model has: {', '.join(unused[:5])}"
+               + (f" and {len(unused) - 5} more" if len(unused) > 5 else "") + " (a different model?)",
+               str(in_file), group)
+    full_opts = StateDictOptions(full_state_dict=True)
+    for part, sd in zip(parts, sds, strict=True):
+        set_model_state_dict(part, {k: full[k] for k in sd}, options=full_opts)
+    return {"tensors": len(union), "unused": unused}
+
+
+# --- command line: inspect, verify, export ---------------------------------------------------------------------
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """python -m galvatron_run.checkpoint {list DIR | verify CKPT | export CKPT OUT.pt}"""
+    import click
+
+    from ._contracts.documents import exits_cleanly
+
+    @click.group()
+    def cli():
+        """Inspect, verify and export galvatron-run checkpoints (no process group needed)."""
+
+    @cli.command("list")
+    @click.argument("root", type=click.Path())
+    @exits_cleanly
+    def list_cmd(root):
+        """Every checkpoint under ROOT with its state; the one --resume would take is marked '*'."""
+        latest = latest_complete(root, quiet=True)
+        for step, path in list_checkpoints(root):
+            try:
+                m = read_marker(path)
+                problems = check_files(path, m)
+                status = "damaged: " + "; ".join(problems) if problems else f"complete, world {m['world_size']}"
+            except CheckpointError as e:
+                status = str(e).split(": ", 1)[-1]
+            print(f"{'*' if latest == path else ' '} step {step:>8}  {path}  {status}")
+
+    @cli.command()
+    @click.argument("checkpoint", type=click.Path())
+    @exits_cleanly
+    def verify(checkpoint):
+        """Check every file's size and CRC-32 against the COMPLETE marker (exit 3 when damaged)."""
+        m = verify_checkpoint(checkpoint, deep=True)
+        print(f"{checkpoint}: complete and undamaged (step {m['step']}, {len(m['files'])} files)")
+
+    @cli.command()
+    @click.argument("checkpoint", type=click.Path())
+    @click.argument("out", type=click.Path())
+    @exits_cleanly
+    def export(checkpoint, out):
+        """Write CHECKPOINT's model as one torch.save file of {fqn: tensor} at OUT."""
+        r = export_model(checkpoint, out)
+        print(f"{out}: {r['tensors']} tensors, {r['bytes']} bytes", file=sys.stderr)
+
+    cli.main(args=list(argv) if argv is not None else None, prog_name="python -m galvatron_run.checkpoint")
+    return 0
+
+
+if __name__ == "__main__":
+    _main()
