@@ -1,0 +1,64 @@
+"""The compute probe: 2 CPU ranks measuring at once (launched once for the file), plus one in-process run."""
+import pytest
+from test_layers import GPT, LLAMA, gpt_params_by_hand, llama_decoder_by_hand
+
+from galvatron_probe import probe_compute
+from galvatron_probe._contracts.documents import validate
+from galvatron_probe.memory import saved_bytes_per_sample
+
+
+@pytest.fixture(scope="module")
+def llama_profile():
+    return probe_compute("tiny-llama", nproc=2, tp_degrees=[1, 2], micro_batch_sizes=[1, 4], seq_lens=[32, 64],
+                         quick=True, timeout_s=60, progress=False)
+
+
+def test_document_validates(llama_profile):
+    assert validate(llama_profile, "profile") is llama_profile
+    s = llama_profile["settings"]
+    assert (s["concurrent_ranks"], s["seq_lens"], s["micro_batch_sizes"], s["tp_degrees"]) == (2, [32, 64], [1, 4],
+                                                                                               [1, 2])
+    assert llama_profile["model"]["name"] == "tiny-llama"
+
+
+def test_every_layer_and_degree_with_every_point(llama_profile):
+    got = {(e["layer"], e["tp"]): e for e in llama_profile["layers"]}
+    assert set(got) == {(k, t) for k in ("decoder", "embedding", "head") for t in (1, 2)}
+    for entry in got.values():
+        assert [(m["seq_len"]) for m in entry["memory"]] == [32, 64]
+        assert [(x["seq_len"], x["micro_batch_size"]) for x in entry["timings"]] == [(32, 1), (32, 4), (64, 1),
+                                                                                     (64, 4)]
+        for x in entry["timings"]:
+            for kind in ("forward", "backward", "backward_recompute"):
+                t = x[kind]
+                assert t["repeats"] == 3
+                assert 0 < t["min_s"] <= t["p25_s"] <= t["median_s"] <= t["p75_s"] <= t["max_s"]
+
+
+def test_memory_in_the_document_is_the_exact_count(llama_profile):
+    dec = {e["tp"]: e for e in llama_profile["layers"] if e["layer"] == "decoder"}
+    for t in (1, 2):
+        for m in dec[t]["memory"]:
+            assert m["saved_bytes_per_sample"] == llama_decoder_by_hand(t, s=m["seq_len"])
+            assert m["recompute_saved_bytes_per_sample"] == {"tp_divided": 0,
+                                                             "tp_replicated": m["seq_len"] * LLAMA["hidden"] * 4}
+    assert dec[1]["param_count"] == 2 * dec[2]["param_count"] - dec[1]["param_count_tp_replicated"]
+
+
+def test_larger_micro_batches_take_longer(llama_profile):
+    """4 samples vs 1 of the decoder at seq 64: the fastest repeats are ordered (forward and backward)."""
+    dec = next(e for e in llama_profile["layers"] if e["layer"] == "decoder" and e["tp"] == 1)
+    t = {(x["seq_len"], x["micro_batch_size"]): x for x in dec["timings"]}
+    for kind in ("forward", "backward"):
+        assert t[(64, 4)][kind]["min_s"] > t[(64, 1)][kind]["min_s"]
+
+
+def test_in_process_profile_of_a_gpt_model():
+    doc = probe_compute(GPT, tp_degrees=[1, 4], micro_batch_sizes=[2], layers=["decoder", "head"], seq_lens=[16],
+                        warmup=0, repeats=2, progress=False)
+    validate(doc, "profile")
+    assert doc["settings"]["concurrent_ranks"] == 1
+    assert [(e["layer"], e["tp"]) for e in doc["layers"]] == [("decoder", 1), ("decoder", 4), ("head", 1), ("head", 4)]
+    for e in doc["layers"]:
+        assert (e["param_count"], e["param_count_tp_replicated"]) == gpt_params_by_hand(e["layer"], e["tp"])
+        assert e["memory"][0]["saved_bytes_per_sample"] == saved_bytes_per_sample(GPT, e["layer"], e["tp"], 16)
