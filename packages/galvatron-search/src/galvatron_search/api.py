@@ -14,7 +14,7 @@ from ._contracts.documents import validate
 from .costs import CostTables
 from .document import baselines, plan_document
 from .evaluate import evaluate as _evaluate
-from .search import Options, require, run_search
+from .planner import Options, require, run_search
 
 
 def search(cost_model: dict, memory_gib: float, *, with_baselines: bool = True, **options) -> dict:

@@ -14,7 +14,7 @@ from .costs import CostTables
 from .document import baselines, plan_document
 from .evaluate import evaluate_spec, plan_spec, predictions
 from .explain import explain
-from .search import Options, require, run_search
+from .planner import Options, require, run_search
 
 
 class DefaultGroup(click.Group):

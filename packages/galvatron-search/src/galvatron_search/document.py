@@ -7,7 +7,7 @@ from . import __version__
 from ._contracts.documents import digest, producer
 from .costs import CostTables
 from .evaluate import Spec, evaluate_spec, predictions, strategy_dict
-from .search import INF, Options, global_batches, uniform_best
+from .planner import INF, Options, global_batches, uniform_best
 
 
 def groups(tp: int, tp_layout: str, S: int, base: int) -> tuple[list[list[int]], list[list[int]]]:

@@ -15,8 +15,8 @@ Composition, for pp stages, micro-batch size b, m micro-batches (K = m + pp - 1)
             (inflight: 1F1B min(pp - i, m), GPipe m)
 
 The quantisation rule the search works under (conservative: never below the exact bytes): with
-avail = budget - overhead - workspace, a stage fits when sum over its layers of
-ceil(layer_bytes * U / avail) <= U (U = buckets, default 256).
+avail = budget - overhead and a unit of avail / U bytes (U = buckets, default 256), a stage fits when
+sum over its layers of ceil(layer_bytes / unit) + ceil(max workspace / unit) <= U.
 """
 from __future__ import annotations
 
@@ -101,8 +101,9 @@ def evaluate_spec(tables: CostTables, spec: Spec, budget: float | None = None, b
         st["activations"] = st["inflight"] * st["act"]
         st["total"] = st["params"] + st["grads"] + st["optim"] + st["activations"] + st["ws"] + tables.overhead
         if budget is not None:
-            avail = budget - tables.overhead - st["ws"]
-            st["fits"] = bool(avail > 0 and units(np.array(st["mems"]), buckets, avail).sum() <= buckets)
+            avail = budget - tables.overhead
+            st["fits"] = bool(avail > 0 and units(np.array(st["mems"]), buckets, avail).sum()
+                              + units(st["ws"], buckets, avail) <= buckets)
     crit = max(range(p), key=lambda i: stages[i]["c"])
     T = stages[crit]["c"]
     result = dict(iteration_time_s=T, critical_stage=crit, stages=stages, K=K)

@@ -139,30 +139,29 @@ def _kind(tables, pipe, kind, opts, b, K, cls_map=None) -> Kind:
                 ws=lc.ws[ok], cls=cls)
 
 
-def _prune(dec: Kind, trK: np.ndarray, p2pK: np.ndarray) -> Kind:
-    """Drop decoder strategies another one beats in cost (counting the worst layout-change penalty), states,
-    activations and workspace: replacing them never makes a plan worse or larger, so the optimum is kept."""
-    n = len(dec.rows)
+def _prune(k: Kind, into: np.ndarray | None, out: np.ndarray | None) -> Kind:
+    """Drop strategies another one beats in cost (counting the worst layout-change penalty), states, activations
+    and workspace: replacing them never makes a plan worse or larger, so the optimum is kept.
+
+    into[x, s]: cost of arriving in strategy s's layout from x; out[s, y]: cost of leaving it towards y."""
+    n = len(k.rows)
     if n <= 1:
-        return dec
-    la = dec.layout
-    into = trK[:, la]                                  # (layouts, n): cost into each strategy's layout
-    out = trK[la, :] + 2 * p2pK[la][:, None]           # leaving it (a stage exit pays two sends)
-    out = np.concatenate([trK[la, :], out], axis=1)
-    # penalty[i, j]: worst extra layout-change cost of putting j where i was
-    pen = (into[:, None, :] - into[:, :, None]).max(axis=0) + (out[None, :, :] - out[:, None, :]).max(axis=2)
-    pen[la[:, None] == la[None, :]] = 0.0
-    better = ((dec.c[None, :] + pen <= dec.c[:, None]) & (dec.states[None, :] <= dec.states[:, None])
-              & (dec.act[None, :] <= dec.act[:, None]) & (dec.ws[None, :] <= dec.ws[:, None]))
+        return k
+    pen = np.zeros((n, n))                                  # pen[i, j]: worst extra cost of putting j where i was
+    if into is not None:
+        pen += (into[:, None, :] - into[:, :, None]).max(axis=0)
+    if out is not None:
+        pen += (out[None, :, :] - out[:, None, :]).max(axis=2)
+    pen[k.layout[:, None] == k.layout[None, :]] = 0.0
+    cls_ok = True if k.cls is None else (k.cls[:, None] == k.cls[None, :])
+    better = ((k.c[None, :] + pen <= k.c[:, None]) & (k.states[None, :] <= k.states[:, None])
+              & (k.act[None, :] <= k.act[:, None]) & (k.ws[None, :] <= k.ws[:, None]) & cls_ok)
     np.fill_diagonal(better, False)
-    same = ((dec.c[None, :] == dec.c[:, None]) & (dec.states[None, :] == dec.states[:, None])
-            & (dec.act[None, :] == dec.act[:, None]) & (dec.ws[None, :] == dec.ws[:, None])
-            & (pen == 0))
-    # i is dropped if some j beats it; among exact equals keep the first
+    same = ((k.c[None, :] == k.c[:, None]) & (k.states[None, :] == k.states[:, None])
+            & (k.act[None, :] == k.act[:, None]) & (k.ws[None, :] == k.ws[:, None]) & (pen == 0))
     idx = np.arange(n)
-    strictly = better & ~(same & (idx[None, :] > idx[:, None]))
-    keep = ~strictly.any(axis=1)
-    return dec.take(keep)
+    strictly = better & ~(same & (idx[None, :] > idx[:, None]))   # among exact equals keep the first
+    return k.take(~strictly.any(axis=1))
 
 
 def prepare(tables: CostTables, opts: Options, p: int, b: int, B: int, prune: bool = True) -> Sub | None:
@@ -176,19 +175,21 @@ def prepare(tables: CostTables, opts: Options, p: int, b: int, B: int, prune: bo
         cls_map = {key: i for i, key in enumerate(keys)}
     dec = _kind(tables, pipe, "decoder", opts, b, K)
     emb = _kind(tables, pipe, "embedding", opts, b, K, cls_map)
-    head = _kind(tables, pipe, "head", opts, b, K, cls_map)
+    head = _kind(tables, pipe, "head", opts, b, K)
     if cls_map is not None:
         h = pipe.kinds["head"]
         keep = np.array([(int(h.layout[r]), int(h.sharding[r])) in cls_map for r in head.rows], dtype=bool)
-        head = head.take(keep) if len(head.rows) else head
-        if len(head.rows):
-            head.cls = np.array([cls_map[(int(h.layout[r]), int(h.sharding[r]))] for r in head.rows], dtype=int)
+        head = head.take(keep)
+        head.cls = np.array([cls_map[(int(h.layout[r]), int(h.sharding[r]))] for r in head.rows], dtype=int)
     if not len(dec.rows) or not len(emb.rows) or not len(head.rows):
         return None
     trK = K * lin(pipe.tr, b)
     p2pK = K * lin(pipe.p2p, b)
     if prune:
-        dec = _prune(dec, trK, p2pK)
+        la = dec.layout
+        dec = _prune(dec, trK[:, la], np.concatenate([trK[la, :], trK[la, :] + 2 * p2pK[la][:, None]], axis=1))
+        emb = _prune(emb, None, trK[emb.layout, :])
+        head = _prune(head, trK[:, head.layout], None)
     active = np.unique(dec.layout)
     L = tables.layers
     lb = (emb.c.min() + L * dec.c.min() + head.c.min()) / p
@@ -197,6 +198,9 @@ def prepare(tables: CostTables, opts: Options, p: int, b: int, B: int, prune: bo
 
 
 # --- the stage DP --------------------------------------------------------------------------------------------
+#
+# State arrays are X[layout, u, w, e]: least cost with the last layer in `layout`, at most u memory units used
+# by the layers, workspace cap w (strategies above caps[w] excluded; caps[w] units reserved), entry / class e.
 
 @dataclass
 class StageRun:
@@ -204,111 +208,111 @@ class StageRun:
     trace: dict | None = None
 
 
-def _caps(sub: Sub, i: int, budget: float, overhead: float):
-    vals = [sub.dec.ws]
-    if i == 0:
-        vals.append(sub.emb.ws)
-    if i == sub.p - 1:
-        vals.append(sub.head.ws)
-    caps = np.unique(np.concatenate(vals))
-    avail = budget - overhead - caps
-    return caps[avail > 0], avail[avail > 0]
-
-
-def _units(kind: Kind, a: int, caps, avail, U: int) -> np.ndarray:
-    mem = layer_memory(kind.states, kind.act, a)
-    u = units(mem[None, :], U, avail[:, None])
-    u[kind.ws[None, :] > caps[:, None]] = U + 1
-    return np.minimum(u, U + 1).astype(np.int64)
+def _units(kind: Kind, a: int, avail: float, U: int):
+    """(layer units, workspace units) per strategy."""
+    lu = np.minimum(units(layer_memory(kind.states, kind.act, a), U, avail), U + 1).astype(np.int64)
+    wu = np.minimum(units(kind.ws, U, avail), U + 1).astype(np.int64)
+    return lu, wu
 
 
 def stage_dp(sub: Sub, i: int, schedule: str, budget: float, overhead: float, U: int, n_max: int,
              only_n: int | None = None, entry: int | None = None, bound: float = INF) -> StageRun | None:
     """Least cost of stage i for every decoder count n <= n_max (see the module docstring)."""
     p = sub.p
+    last = i == p - 1
     a = inflight(schedule, p, i, sub.m)
-    caps, avail = _caps(sub, i, budget, overhead)
+    avail = budget - overhead
+    if avail <= 0:
+        return None
+    A = sub.active
+    nA = len(A)
+    pos = np.full(len(sub.pipe.layouts), -1)
+    pos[A] = np.arange(nA)
+    dec = sub.dec
+    du, dw = _units(dec, a, avail, U)
+    emb_u = _units(sub.emb, a, avail, U) if i == 0 else None
+    head_u = _units(sub.head, a, avail, U) if last else None
+    wvals = [dw] + ([emb_u[1]] if i == 0 else []) + ([head_u[1]] if last else [])
+    caps = np.unique(np.concatenate(wvals))
+    caps = caps[caps <= U]
     if not len(caps):
         return None
     W = len(caps)
-    A = sub.active
-    nA = len(A)
-    pos = {int(x): j for j, x in enumerate(A)}
-    dec = sub.dec
-    du = _units(dec, a, caps, avail, U)                       # (W, S)
-    dpos = np.array([pos[int(x)] for x in dec.layout])
-    order = np.argsort(dpos, kind="stable")
-    du, dpos_o, dc = du[:, order], dpos[order], dec.c[order]
-    starts = np.r_[0, np.nonzero(np.diff(dpos_o))[0] + 1]
-    groups = dpos_o[starts]
-    S = len(dc)
+    order = np.argsort(pos[dec.layout], kind="stable")
+    du, dw, dc, dpos = du[order], dw[order], dec.c[order], pos[dec.layout[order]]
+    starts = np.r_[0, np.nonzero(np.diff(dpos))[0] + 1]
+    groups = dpos[starts]
     uu = np.arange(U + 1)
-    # gather indices into Y viewed as (E, W * nA * (U + 1))
-    src = uu[None, None, :] - du[:, :, None]                  # (W, S, U+1)
+    src = uu[None, :] - du[:, None]                                   # (S, U+1)
     valid = src >= 0
-    flat = (np.arange(W)[:, None, None] * nA + dpos_o[None, :, None]) * (U + 1) + np.where(valid, src, 0)
-    addc = np.where(valid, dc[None, :, None], INF)            # (W, S, U+1)
+    flat = (dpos[:, None] * (U + 1) + np.where(valid, src, 0)).ravel()
+    S = len(dc)
+    ends = np.r_[starts[1:], S]
     trA = sub.trK[np.ix_(A, A)]
-    last = i == p - 1
-    # initial state
     if i == 0:
         emb = sub.emb
         E = sub.n_cls
-        eu = _units(emb, a, caps, avail, U)
-        X = np.full((E, W, len(sub.pipe.layouts), U + 1), INF)
+        eu, ew = emb_u
         ecls = np.zeros(len(emb.rows), dtype=int) if emb.cls is None else emb.cls
+        X = np.full((len(sub.pipe.layouts), U + 1, W, E), INF)
         for h in range(len(emb.rows)):
-            for w in range(W):
-                if eu[w, h] <= U:
-                    cell = X[ecls[h], w, emb.layout[h], eu[w, h]]
-                    X[ecls[h], w, emb.layout[h], eu[w, h]] = min(cell, emb.c[h])
-        X = np.minimum.accumulate(X, axis=3)
-        tr_in = sub.trK[:, A]                                 # (all layouts, nA)
+            if eu[h] <= U:
+                ws_ok = ew[h] <= caps
+                cur = X[emb.layout[h], eu[h], :, ecls[h]]
+                X[emb.layout[h], eu[h], :, ecls[h]] = np.where(ws_ok, np.minimum(cur, emb.c[h]), cur)
+        X = np.minimum.accumulate(X, axis=1)
+        tr_in = sub.trK[:, A]
         entries = None
     else:
         ent = np.arange(nA) if entry is None else np.array([pos[entry]])
         E = len(ent)
-        X = np.full((E, W, nA, U + 1), INF)
-        X[np.arange(E), :, ent, :] = sub.p2pK[A[ent]][:, None, None]
+        X = np.full((nA, U + 1, W, E), INF)
+        X[ent, :, :, np.arange(E)] = sub.p2pK[A[ent]][:, None, None]
         tr_in = trA
         entries = A[ent]
     n_cap = n_max if only_n is None else only_n
+    ucol = U - caps                                                   # usable layer units per cap
     if last:
         head = sub.head
-        hu = _units(head, a, caps, avail, U)                  # (W, H)
-        trH = sub.trK[np.ix_(A, head.layout)]                 # (nA, H)
-        hmask = np.zeros((E, len(head.rows)), dtype=bool)
-        if head.cls is None:
-            hmask[:] = True
-        else:
-            hmask[head.cls, np.arange(len(head.rows))] = True
+        hu, hw = head_u
+        H = len(head.rows)
+        trH = sub.trK[np.ix_(A, head.layout)]                         # (nA, H)
+        hcol = ucol[None, :] - hu[:, None]                            # (H, W)
+        hok = (hcol >= 0) & (hw[:, None] <= caps[None, :])
+        hmask = np.ones((H, E), dtype=bool)
+        if head.cls is not None:
+            hmask = head.cls[:, None] == np.arange(E)[None, :]
+        hadd = np.where(hok[:, :, None] & hmask[:, None, :], head.c[:, None, None], INF)   # (H, W, E)
         R = np.full((n_cap + 1, E), INF)
     else:
         R = np.full((n_cap + 1, E, nA), INF)
+    # cost of each strategy at each usage and cap (INF: does not fit below u, or above the cap)
+    addc = np.where(valid[:, :, None], dc[:, None, None], INF) + np.where(dw[:, None] <= caps[None, :], 0.0, INF)[:, None, :]
+    addc = np.repeat(addc[:, :, :, None], E, axis=3).reshape(S * (U + 1), W * E)
     trace = {"X": [X], "Y": []} if only_n is not None else None
     cells = 0
+    wi = np.arange(W)
     for n in range(1, n_cap + 1):
-        Y = np.min(X[:, :, :, None, :] + tr_in[None, None, :, :, None], axis=2)        # (E, W, nA, U+1)
-        G = Y.reshape(E, -1)[:, flat] + addc[None]                                       # (E, W, S, U+1)
-        Zg = np.minimum.reduceat(G, starts, axis=2)                                      # (E, W, groups, U+1)
-        Z = np.full((E, W, nA, U + 1), INF)
-        Z[:, :, groups, :] = Zg
+        Y = np.min(X[:, None] + tr_in[:, :, None, None, None], axis=0)                # (nA, U+1, W, E)
+        G = np.take(Y.reshape(nA * (U + 1), W * E), flat, axis=0)                    # (S*(U+1), W*E)
+        np.add(G, addc, out=G)
+        G = G.reshape(S, U + 1, W, E)
+        Z = np.full((nA, U + 1, W, E), INF)
+        for g0, g1, lay in zip(starts, ends, groups):
+            np.min(G[g0:g1], axis=0, out=Z[lay])
         cells += G.size
         if trace is not None:
             trace["Y"].append(Y)
             trace["X"].append(Z)
+        at_cap = Z[:, ucol, wi, :]                                                    # (nA, W, E)
         if only_n is None or n == only_n:
             if last:
-                col = U - hu                                                              # (W, H)
-                okh = col >= 0
-                Zt = Z.transpose(1, 3, 0, 2)                                              # (W, U+1, E, nA)
-                Zc = Zt[np.arange(W)[:, None], np.where(okh, col, 0)]                     # (W, H, E, nA)
-                v = (Zc + trH.T[None, :, None, :]).min(axis=3) + head.c[None, :, None]    # (W, H, E)
-                v = np.where(okh[:, :, None] & hmask.T[None, :, :], v, INF)
+                Zc = Z[:, np.where(hok, hcol, 0), wi[None, :], :]                     # (nA, H, W, E)
+                v = (Zc + trH[:, :, None, None]).min(axis=0) + hadd                   # (H, W, E)
                 R[n] = v.min(axis=(0, 1))
             else:
-                R[n] = Z[:, :, :, U].min(axis=1) + (sub.p2pK[A][None, :] if p > 1 else 0.0)
-        zmin = Z[:, :, :, U].min()
+                R[n] = at_cap.min(axis=1).T + (sub.p2pK[A][None, :] if p > 1 else 0.0)
+        zmin = at_cap.min()
         X = Z
         tr_in = trA
         if not np.isfinite(zmin) or zmin > bound:
@@ -316,9 +320,9 @@ def stage_dp(sub: Sub, i: int, schedule: str, budget: float, overhead: float, U:
     sub.counters["cells"] = sub.counters.get("cells", 0) + cells
     run = StageRun(R=R, trace=trace)
     if trace is not None:
-        trace.update(caps=caps, du=du, order=order, dpos=dpos_o, dc=dc, hu=hu if last else None,
-                     trH=trH if last else None, hmask=hmask if last else None, entries=entries, E=E,
-                     eu=_units(sub.emb, a, caps, avail, U) if i == 0 else None)
+        trace.update(caps=caps, ucol=ucol, du=du, dw=dw, order=order, dpos=dpos, dc=dc, entries=entries, E=E,
+                     emb_u=emb_u, head_u=head_u, trH=trH if last else None, hadd=hadd if last else None,
+                     hcol=hcol if last else None, hok=hok if last else None)
     return run
 
 
@@ -326,7 +330,8 @@ def _backtrack(sub: Sub, i: int, run: StageRun, n: int, e_idx: int, exit_layout:
     """Decoder strategy rows (model order), and the embedding or head row, of the chosen stage."""
     tr = run.trace
     A = sub.active
-    W = len(tr["caps"])
+    caps = tr["caps"]
+    W = len(caps)
     Xs, Ys = tr["X"], tr["Y"]
     Z = Xs[n]
     head_row = None
@@ -334,10 +339,10 @@ def _backtrack(sub: Sub, i: int, run: StageRun, n: int, e_idx: int, exit_layout:
         best = (INF, None)
         for w in range(W):
             for h in range(len(sub.head.rows)):
-                if not tr["hmask"][e_idx, h] or tr["hu"][w, h] > U:
+                if not np.isfinite(tr["hadd"][h, w, e_idx]):
                     continue
-                u = U - tr["hu"][w, h]
-                vals = Z[e_idx, w, :, u] + tr["trH"][:, h] + sub.head.c[h]
+                u = int(tr["hcol"][h, w])
+                vals = Z[:, u, w, e_idx] + tr["trH"][:, h] + tr["hadd"][h, w, e_idx]
                 j = int(np.argmin(vals))
                 if vals[j] < best[0]:
                     best = (vals[j], (w, h, j, u))
@@ -345,35 +350,33 @@ def _backtrack(sub: Sub, i: int, run: StageRun, n: int, e_idx: int, exit_layout:
         head_row = int(sub.head.rows[h])
     else:
         j = int(np.nonzero(A == exit_layout)[0][0])
-        w = int(np.argmin(Z[e_idx, :, j, U]))
-        u = U
+        w = int(np.argmin(Z[j, tr["ucol"], np.arange(W), e_idx]))
+        u = int(tr["ucol"][w])
     rows = []
-    du, dpos, dc, order = tr["du"], tr["dpos"], tr["dc"], tr["order"]
+    du, dw, dpos, dc, order = tr["du"], tr["dw"], tr["dpos"], tr["dc"], tr["order"]
     for k in range(n, 0, -1):
         Y = Ys[k - 1]
-        cand = np.nonzero(dpos == j)[0]
         best = (INF, None)
-        for s in cand:
-            if du[w, s] <= u:
-                v = Y[e_idx, w, j, u - du[w, s]] + dc[s]
+        for s in np.nonzero(dpos == j)[0]:
+            if du[s] <= u and dw[s] <= caps[w]:
+                v = Y[j, u - du[s], w, e_idx] + dc[s]
                 if v < best[0]:
                     best = (v, s)
         s = best[1]
         rows.append(int(sub.dec.rows[order[s]]))
-        u -= int(du[w, s])
+        u -= int(du[s])
         Xp = Xs[k - 1]
-        if k == 1 and i == 0:
-            vals = Xp[e_idx, w, :, u] + sub.trK[:, A[j]]
-        else:
-            vals = Xp[e_idx, w, :, u] + sub.trK[A, A[j]]
-        j = int(np.argmin(vals))
+        tr_col = sub.trK[:, A[j]] if (k == 1 and i == 0) else sub.trK[A, A[j]]
+        j = int(np.argmin(Xp[:, u, w, e_idx] + tr_col))
     emb_row = None
     if i == 0:    # j is now the embedding's layout in the full layout space
         emb = sub.emb
+        eu, ew = tr["emb_u"]
         ecls = np.zeros(len(emb.rows), dtype=int) if emb.cls is None else emb.cls
         best = (INF, None)
         for h in range(len(emb.rows)):
-            if ecls[h] == e_idx and emb.layout[h] == j and tr["eu"][w, h] <= u and emb.c[h] < best[0]:
+            if (ecls[h] == e_idx and emb.layout[h] == j and eu[h] <= u and ew[h] <= caps[w]
+                    and emb.c[h] < best[0]):
                 best = (emb.c[h], h)
         emb_row = int(emb.rows[best[1]])
     return rows[::-1], emb_row, head_row
@@ -567,7 +570,6 @@ def _uniform_eval(tables, pipe, p, b, m, sched, bounds, rows, er, hr, budget, U)
         t = n * d.t[rows]
         x = n * d.sync[rows]
         ws = d.ws[rows].copy()
-        mem_units = []
         if i == 0:
             t = t + e.t[er] + tr[el, dl]
             x = x + e.sync[er]
@@ -580,14 +582,13 @@ def _uniform_eval(tables, pipe, p, b, m, sched, bounds, rows, er, hr, budget, U)
             t = t + p2p[dl]
         if i > 0:
             t = t + p2p[dl]
-        avail = budget - tables.overhead - ws
-        safe = np.where(avail > 0, avail, 1.0)
-        used = n * units(layer_memory(d.states[rows], d.act[rows], a), U, safe)
+        avail = budget - tables.overhead
+        safe = avail if avail > 0 else 1.0
+        used = n * units(layer_memory(d.states[rows], d.act[rows], a), U, safe) + units(ws, U, safe)
         if i == 0:
             used = used + units(layer_memory(e.states[er], e.act[er], a), U, safe)
         if i == p - 1:
             used = used + units(layer_memory(h.states[hr], h.act[hr], a), U, safe)
-        del mem_units
         fits &= (avail > 0) & (used <= U)
         T = np.maximum(T, K * t + x)
     return T, fits
