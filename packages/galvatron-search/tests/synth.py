@@ -60,9 +60,11 @@ def cost_model(seed: int, nodes: int = 1, gpus_per_node: int = 4, layers: int = 
                              "backward_comm": _lin_t(rng, 0, 2e-4 if lay["tp"] > 1 else 0.0),
                              "param_gather_forward_s": rng.uniform(0, 5e-3) if zero3 else 0.0,
                              "param_gather_backward_s": rng.uniform(0, 5e-3) if zero3 else 0.0,
-                             "grad_reduce_per_microbatch_s": rng.uniform(0, 5e-3) if sh != "ddp" and lay["dp"] > 1 else 0.0,
+                             "grad_reduce_per_microbatch_s":
+                                 rng.uniform(0, 5e-3) if sh != "ddp" and lay["dp"] > 1 else 0.0,
                              "grad_sync_s": rng.uniform(0, 3e-2) if sh == "ddp" and lay["dp"] > 1 else 0.0},
-                    "memory": {"param_bytes": rng.randint(2 ** 26, 2 ** 29), "grad_bytes": rng.randint(2 ** 26, 2 ** 29),
+                    "memory": {"param_bytes": rng.randint(2 ** 26, 2 ** 29),
+                               "grad_bytes": rng.randint(2 ** 26, 2 ** 29),
                                "optimizer_bytes": rng.randint(2 ** 26, 2 ** 30),
                                "activation": _lin_b(rng, 2 ** 22, 2 ** 28 if not rc else 2 ** 24),
                                "workspace": _lin_b(rng, 0, 2 ** 26)},
@@ -117,7 +119,8 @@ def brute_force(cm: dict, budget: float, B: int, buckets: int = 256, schedules=(
                             if tables.tied and p == 1 and not _same_class(pipe, e, h, S):
                                 continue
                             for rows in itertools.product(dec, repeat=L):
-                                spec = Spec(pp=p, b=b, m=m, schedule=sched, bounds=bounds, dec=list(rows), emb=e, head=h)
+                                spec = Spec(pp=p, b=b, m=m, schedule=sched, bounds=bounds, dec=list(rows),
+                                            emb=e, head=h)
                                 res = evaluate_spec(tables, spec, budget, buckets)
                                 count += 1
                                 if res["fits"] and res["iteration_time_s"] < best[0]:

@@ -31,7 +31,8 @@ def plan_body(tables: CostTables, spec: Spec) -> dict:
     head = strategy_dict(pipe, "head", spec.head)
     stages = []
     for k in range(spec.pp):
-        used = layers[spec.bounds[k]:spec.bounds[k + 1]] + ([emb] if k == 0 else []) + ([head] if k == spec.pp - 1 else [])
+        used = layers[spec.bounds[k]:spec.bounds[k + 1]] + ([emb] if k == 0 else [])
+        used += [head] if k == spec.pp - 1 else []
         seen, lays = set(), []
         for s in used:
             key = (s["tp"], s["tp_layout"])
@@ -39,7 +40,8 @@ def plan_body(tables: CostTables, spec: Spec) -> dict:
                 continue
             seen.add(key)
             tg, dg = groups(s["tp"], s["tp_layout"], S, k * S)
-            lays.append({"tp": s["tp"], "tp_layout": s["tp_layout"], "dp": S // s["tp"], "tp_groups": tg, "dp_groups": dg})
+            lays.append({"tp": s["tp"], "tp_layout": s["tp_layout"], "dp": S // s["tp"], "tp_groups": tg,
+                         "dp_groups": dg})
         stages.append({"index": k, "ranks": list(range(k * S, (k + 1) * S)), "layer_start": spec.bounds[k],
                        "layer_end": spec.bounds[k + 1], "layouts": lays})
     cluster = {key: cm["cluster"][key] for key in ("nodes", "gpus_per_node", "world_size", "device", "backend")}
@@ -118,7 +120,8 @@ def baselines(tables: CostTables, opts: Options) -> list[dict]:
         if best[1] is not None:
             spec = best[1]
             res = evaluate_spec(tables, spec)
-            rec.update(iteration_time_s=res["iteration_time_s"], samples_per_s=spec.b * spec.m / res["iteration_time_s"],
+            rec.update(iteration_time_s=res["iteration_time_s"],
+                       samples_per_s=spec.b * spec.m / res["iteration_time_s"],
                        global_batch=spec.b * spec.m,
                        memory_bytes_per_rank=max(s["total"] for s in res["stages"]),
                        summary=summary(spec, tables))

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .costs import SHARDINGS, CostTables, inflight, layer_costs, layer_memory, lin, units
-from .evaluate import Spec, evaluate_spec
+from .costs import SHARDINGS, CostTables, inflight, layer_memory, lin, units
 from .errors import GalvatronError, InfeasibleError, UsageError
+from .evaluate import Spec, evaluate_spec
 
 INF = np.inf
 REL = 1e-9
@@ -130,7 +130,7 @@ class Sub:
 
 def _kind(tables, pipe, kind, opts, b, K, cls_map=None) -> Kind:
     k = pipe.kinds[kind]
-    lc = layer_costs(k, b, tables.cs, tables.ks)
+    lc = tables.at(pipe.pp, b)[0][kind]
     ok = np.nonzero(allowed(tables, pipe, kind, opts, b))[0]
     cls = None
     if cls_map is not None:
@@ -192,7 +192,7 @@ def prepare(tables: CostTables, opts: Options, p: int, b: int, B: int, prune: bo
         head = _prune(head, trK[:, head.layout], None)
     active = np.unique(dec.layout)
     L = tables.layers
-    lb = (emb.c.min() + L * dec.c.min() + head.c.min()) / p
+    lb = (emb.c.min() + L * dec.c.min() + head.c.min() + 2 * (p - 1) * p2pK[active].min()) / p
     return Sub(p=p, b=b, m=m, K=K, pipe=pipe, dec=dec, emb=emb, head=head, trK=trK, p2pK=p2pK, active=active, lb=lb,
                n_cls=1 if cls_map is None else len(cls_map))
 
@@ -287,18 +287,21 @@ def stage_dp(sub: Sub, i: int, schedule: str, budget: float, overhead: float, U:
     else:
         R = np.full((n_cap + 1, E, nA), INF)
     # cost of each strategy at each usage and cap (INF: does not fit below u, or above the cap)
-    addc = np.where(valid[:, :, None], dc[:, None, None], INF) + np.where(dw[:, None] <= caps[None, :], 0.0, INF)[:, None, :]
-    addc = np.repeat(addc[:, :, :, None], E, axis=3).reshape(S * (U + 1), W * E)
+    addc = (np.where(valid[:, :, None], dc[:, None, None], INF)
+            + np.where(dw[:, None] <= caps[None, :], 0.0, INF)[:, None, :])[:, :, :, None]   # (S, U+1, W, 1)
     trace = {"X": [X], "Y": []} if only_n is not None else None
     cells = 0
     wi = np.arange(W)
     for n in range(1, n_cap + 1):
-        Y = np.min(X[:, None] + tr_in[:, :, None, None, None], axis=0)                # (nA, U+1, W, E)
-        G = np.take(Y.reshape(nA * (U + 1), W * E), flat, axis=0)                    # (S*(U+1), W*E)
+        if n == 1 and i > 0:     # from the entry layout only: no memory used yet
+            first = (sub.p2pK[entries][None, :] + sub.trK[np.ix_(A, entries)])               # (nA, E)
+            Y = np.broadcast_to(first[:, None, None, :], (nA, U + 1, W, E))
+        else:
+            Y = np.min(X[:, None] + tr_in[:, :, None, None, None], axis=0)            # (nA, U+1, W, E)
+        G = np.take(np.ascontiguousarray(Y).reshape(nA * (U + 1), W * E), flat, axis=0).reshape(S, U + 1, W, E)
         np.add(G, addc, out=G)
-        G = G.reshape(S, U + 1, W, E)
         Z = np.full((nA, U + 1, W, E), INF)
-        for g0, g1, lay in zip(starts, ends, groups):
+        for g0, g1, lay in zip(starts, ends, groups, strict=True):
             np.min(G[g0:g1], axis=0, out=Z[lay])
         cells += G.size
         if trace is not None:
@@ -544,21 +547,25 @@ def uniform_best(tables: CostTables, opts: Options, B: int, budget: float):
 
 
 def _match(pipe, kind, layout, sharding, ok):
-    k = pipe.kinds[kind]
-    hits = [r for r in range(len(k)) if ok[r] and k.layout[r] == layout and k.sharding[r] == sharding]
-    if not hits:
-        return None
-    plain = [r for r in hits if not k.recompute[r]]
-    return (plain or hits)[0]
+    """The row of `kind` in this layout and sharding (without recompute if there is one), or None."""
+    cache = pipe.__dict__.setdefault("_match", {})
+    if kind not in cache:
+        k = pipe.kinds[kind]
+        by = {}
+        for r in sorted(range(len(k)), key=lambda r: bool(k.recompute[r])):
+            by.setdefault((int(k.layout[r]), int(k.sharding[r])), []).append(r)
+        cache[kind] = by
+    for r in cache[kind].get((layout, sharding), ()):
+        if ok[r]:
+            return r
+    return None
 
 
 def _uniform_eval(tables, pipe, p, b, m, sched, bounds, rows, er, hr, budget, U):
     K = m + p - 1
-    d = layer_costs(pipe.kinds["decoder"], b, tables.cs, tables.ks)
-    e = layer_costs(pipe.kinds["embedding"], b, tables.cs, tables.ks)
-    h = layer_costs(pipe.kinds["head"], b, tables.cs, tables.ks)
-    tr = lin(pipe.tr, b)
-    p2p = lin(pipe.p2p, b)
+    lcs, trf, trb, p2p = tables.at(p, b)
+    d, e, h = lcs["decoder"], lcs["embedding"], lcs["head"]
+    tr = trf + trb
     dl = pipe.kinds["decoder"].layout[rows]
     el = pipe.kinds["embedding"].layout[er]
     hl = pipe.kinds["head"].layout[hr]
@@ -623,13 +630,13 @@ def search_batch(tables: CostTables, opts: Options, B: int, incumbent: float = I
                     continue
                 subs.append((sub.lb, p, b, sched, sub))
     subs.sort(key=lambda t: (t[0], t[1], t[2], t[3]))
-    for lb, p, b, sched, sub in subs:
+    for lb, _p, _b, sched, sub in subs:
         if lb >= best_T * (1 + REL):
             break
         found = solve_sub(tables, sub, sched, budget, U, best_T)
         count += sub.counters.get("cells", 0)
         sub.counters["cells"] = 0
-        if found is not None and found[0] < best_T:
+        if found is not None and found[0] < best_T * (1 - 1e-12):
             best_T, best = found[0], (sched, sub, found[1])
     if best is None:
         return Result(INF, None, B, count)
