@@ -78,10 +78,7 @@ class Env:
         return self.meshes[key]
 
     def close(self) -> None:
-        for pg in self.pgs.values():
-            if pg is not None and pg is not dist.GroupMember.WORLD:
-                dist.destroy_process_group(pg)
-        self.pgs.clear()
+        """Forget the meshes; the groups stay cached for the next plan in this world (DTensor caches by ranks)."""
         self.meshes.clear()
 
 
@@ -106,16 +103,21 @@ def needed_groups(plan: dict, world: int) -> list[tuple[int, ...]]:
     return sorted(out, key=lambda g: (len(g), g))
 
 
+_GROUPS: dict[tuple[int, ...], object] = {}     # every group this process created, reused by later plans
+
+
 def make_env(plan: dict, device: torch.device, timeout_s: float) -> Env:
+    """Create (collectively, in the same order on every rank) the groups the plan needs."""
     from datetime import timedelta
     env = Env(dist.get_rank(), dist.get_world_size(), len(plan["stages"]), device, timeout_s)
     for ranks in needed_groups(plan, env.world):
-        if len(ranks) == env.world:
-            pg = dist.group.WORLD
-        else:
-            pg = dist.new_group(list(ranks), timeout=timedelta(seconds=timeout_s))
+        if ranks not in _GROUPS:
+            if len(ranks) == env.world:
+                _GROUPS[ranks] = dist.group.WORLD
+            else:
+                _GROUPS[ranks] = dist.new_group(list(ranks), timeout=timedelta(seconds=timeout_s))
         if env.rank in ranks:
-            env.pgs[ranks] = pg
+            env.pgs[ranks] = _GROUPS[ranks]
     return env
 
 
@@ -126,8 +128,8 @@ def _redistribute(x: torch.Tensor, src: Layout, dst: Layout, env: Env) -> torch.
     s = x.shape[1] * (src.tp if src.sp else 1)
     r0, nr, s0, ns = src.block(env.j, b, s)
     R0, NR, S0, NS = dst.block(env.j, b, s)
-    if r0 <= R0 and R0 + NR <= r0 + nr and s0 <= S0 and S0 + NS <= s0 + ns:
-        return x[R0 - r0:R0 - r0 + NR, S0 - s0:S0 - s0 + NS].clone()
+    if all(_contains(src.block(j, b, s), dst.block(j, b, s)) for j in range(env.size)):
+        return x[R0 - r0:R0 - r0 + NR, S0 - s0:S0 - s0 + NS].clone()     # every rank already holds what it needs
     # Gather over the ranks that hold each distinct block once: all of the stage under sp, else the dp group.
     if src.sp:
         members = list(range(env.size))
@@ -143,6 +145,12 @@ def _redistribute(x: torch.Tensor, src: Layout, dst: Layout, env: Env) -> torch.
         a0, na, c0, nc = src.block(m, b, s)
         full[a0:a0 + na, c0:c0 + nc] = part
     return full[R0:R0 + NR, S0:S0 + NS].clone()
+
+
+def _contains(outer, inner) -> bool:
+    r0, nr, s0, ns = outer
+    R0, NR, S0, NS = inner
+    return r0 <= R0 and R0 + NR <= r0 + nr and s0 <= S0 and S0 + NS <= s0 + ns
 
 
 class _Move(torch.autograd.Function):
@@ -212,7 +220,7 @@ class Unit:
     layout: Layout
     fsdp: bool = False
     tp_sharded: set = field(default_factory=set)      # parameter names (in module) sharded by TP
-    sp_partial: list = field(default_factory=list)    # parameters whose gradient is partial over tp (sp)
+    sp_partial: list = field(default_factory=list)    # names of parameters whose gradient is partial over tp (sp)
 
 
 def _quiet(style):
@@ -232,12 +240,12 @@ def apply_tp(unit: Unit, env: Env, family: str, seq_len: int) -> None:
         if lay.sp:
             mod.seq_offset = lay.coords(env.j)[0] * (seq_len // lay.tp)
             if mod.pos is not None:
-                unit.sp_partial.append(mod.pos.weight)
+                unit.sp_partial.append("pos.weight")
     elif unit.prefix == "head.":
         parallelize_module(mod, tp_mesh, {"out": _quiet(ColwiseParallel(input_layouts=seq, output_layouts=Shard(-1),
                                                                         use_local_output=True))})
         if lay.sp:
-            unit.sp_partial.extend(mod.norm.parameters())
+            unit.sp_partial.extend(f"norm.{n}" for n, _ in mod.norm.named_parameters())
     else:
         gather = PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(Replicate(),), use_local_output=False)
         plan = {"attn": gather, "attn.q": _quiet(ColwiseParallel()), "attn.k": _quiet(ColwiseParallel()),
@@ -251,7 +259,8 @@ def apply_tp(unit: Unit, env: Env, family: str, seq_len: int) -> None:
                          "mlp.down": _quiet(RowwiseParallel(output_layouts=seq))})
         parallelize_module(mod, tp_mesh, plan)
         if lay.sp:
-            unit.sp_partial.extend(list(mod.norm1.parameters()) + list(mod.norm2.parameters()))
+            unit.sp_partial.extend([f"norm1.{n}" for n, _ in mod.norm1.named_parameters()]
+                                   + [f"norm2.{n}" for n, _ in mod.norm2.named_parameters()])
     for name, p in mod.named_parameters():
         if isinstance(p, DTensor) and any(pl.is_shard() for pl in p.placements):
             unit.tp_sharded.add(name)
@@ -306,7 +315,8 @@ def sync_grads(units: list[Unit], env: Env, tie: tuple[nn.Parameter, nn.Paramete
                              env.dp_group(u.layout))
     for u in units:
         if u.sp_partial:
-            _all_reduce_flat([local(p.grad) for p in u.sp_partial if p.grad is not None], env.tp_group(u.layout))
+            params = [u.module.get_parameter(n) for n in u.sp_partial]     # looked up now: FSDP replaces them
+            _all_reduce_flat([local(p.grad) for p in params if p.grad is not None], env.tp_group(u.layout))
     if tie is not None:
         emb, head = tie
         if pp == 1:

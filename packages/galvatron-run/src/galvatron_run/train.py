@@ -191,8 +191,8 @@ def build_state(plan: dict, device: torch.device, *, dtype: str | None = None, s
         emb = model.embedding.tok.weight if first else None
         head = model.head.out.weight if last else None
         state.tie = (emb, head)
-        if first and last:
-            state.skip_norm = {id(head)}
+        if last:
+            state.skip_norm = {id(head)}     # the embedding's copy is counted (once) in the norm
     if pp > 1:
         state.schedule = _make_schedule(state, b, seq)
     return state
