@@ -58,8 +58,8 @@ def search_cmd(cost_model, memory, global_batch, min_global_batch, max_global_ba
     """Search the plan for COST_MODEL (a cost-model document; '-' reads stdin)."""
     if not memory > 0:
         raise UsageError(f"--memory must be positive, got {memory}")
-    t0 = time.perf_counter()
     cm = read_one(cost_model, "cost-model")
+    t0 = time.perf_counter()
     tables = CostTables(cm)
     opts = Options(memory_bytes=memory * 2 ** 30, global_batch=global_batch, min_global_batch=min_global_batch,
                    max_global_batch=max_global_batch, max_tp=max_tp, max_pp=max_pp, recompute=not no_recompute,

@@ -469,6 +469,19 @@ def solve_sub(tables: CostTables, sub: Sub, schedule: str, budget: float, U: int
     return T, stages[::-1]
 
 
+def _grouped(rows: list[int], layout: np.ndarray) -> list[int]:
+    """Inside each run of layers in one layout, order doesn't change time or memory: list equal strategies
+    together (first seen first) so the plan reads as blocks."""
+    out, start = [], 0
+    for k in range(1, len(rows) + 1):
+        if k == len(rows) or layout[rows[k]] != layout[rows[start]]:
+            run = rows[start:k]
+            first = {r: run.index(r) for r in dict.fromkeys(run)}
+            out += sorted(run, key=lambda r: first[r])
+            start = k
+    return out
+
+
 def reconstruct(tables: CostTables, sub: Sub, schedule: str, budget: float, U: int, stages) -> Spec:
     """Rerun each chosen stage with its trace and read its strategies back."""
     p = sub.p
@@ -481,7 +494,7 @@ def reconstruct(tables: CostTables, sub: Sub, schedule: str, budget: float, U: i
         e_idx = e if i == 0 else 0
         exit_layout = None if i == p - 1 else int(A[x])
         rows, er, hr = _backtrack(sub, i, run, n, e_idx, exit_layout, U)
-        dec_rows += rows
+        dec_rows += _grouped(rows, sub.pipe.kinds["decoder"].layout)
         emb_row = er if er is not None else emb_row
         head_row = hr if hr is not None else head_row
         bounds.append(bounds[-1] + n)
