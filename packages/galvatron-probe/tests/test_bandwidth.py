@@ -82,3 +82,12 @@ def test_a_failed_collective_names_its_group_and_size():
     with pytest.raises(GalvatronError, match=r"all_reduce over ranks \[0, 2\].*4096 bytes.*timeout 5 s"):
         with timer.named("all_reduce over ranks [0, 2] (strided, group size 2) with 4096 bytes"):
             raise RuntimeError("[gloo] Timed out waiting 5000ms for recv operation to complete")
+
+
+def test_summary_has_a_row_per_series(profile):
+    from galvatron_probe.summary import summarize
+
+    text = summarize(profile)
+    rows = [line for line in text.splitlines() if line.split() and line.split()[0] in (*OPS, "p2p")]
+    assert len(rows) == len(profile["collectives"]) + len(profile["p2p"])
+    assert "overlap: compute x" in text

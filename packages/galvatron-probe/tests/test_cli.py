@@ -62,6 +62,11 @@ def test_compute_from_a_hugging_face_config(tmp_path):
     assert doc["model"]["hidden"] == 32 and doc["settings"]["seq_lens"] == [16]
     assert {(e["layer"], e["tp"]) for e in doc["layers"]} == {(k, t) for k in ("decoder", "embedding", "head")
                                                              for t in (1, 2)}
+    exit_code, output = cli("summary", str(out))
+    assert exit_code == 0, output
+    assert output.count("decoder ") == 2 and f"model-profile: {tmp_path.name} (gpt2" in output
+    exit_code, output = cli("summary", str(tmp_path / "missing.json"))
+    assert exit_code == 3 and "no such file" in output
 
 
 def test_bandwidth_command_on_two_ranks_writes_one_document(tmp_path):

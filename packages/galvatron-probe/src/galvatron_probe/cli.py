@@ -120,3 +120,16 @@ def compute(model, seq_lens, micro_batch_sizes, tp_degrees, layers, dtype, nproc
                         progress=progress)
     if doc is not None:
         write_document(doc, output)
+
+
+@main.command()
+@click.argument("documents", nargs=-1, required=True)
+@exits_cleanly
+def summary(documents):
+    """Print tables of hardware-profile and model-profile DOCUMENTS (paths, '-' for stdin)."""
+    from ._contracts.documents import read_documents, route
+    from .summary import summarize
+
+    docs = read_documents(documents)
+    route(docs, {"hardware-profile", "model-profile"})
+    click.echo("\n\n".join(summarize(d) for d in docs))

@@ -1,0 +1,67 @@
+"""Human-readable tables of probe documents (``galvatron-probe summary hw.json model.json``)."""
+from __future__ import annotations
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.3f}"
+
+
+def _size(m: int) -> str:
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if m >= div and m % div == 0:
+            return f"{m // div} {unit}"
+    return f"{m} B"
+
+
+def hardware_summary(doc: dict) -> str:
+    c, s = doc["cluster"], doc["settings"]
+    lines = [f"hardware-profile: {c['world_size']} ranks ({c['nodes']} node(s) x {c['gpus_per_node']}), "
+             f"{c['device']['name']}, {c['backend']}, {s['dtype']}, {s['repeats']} repeats"
+             + (f", probe took {s['elapsed_s']:.1f} s" if "elapsed_s" in s else "")]
+    header = (f"{'collective':<15}{'n':>3} {'layout':<12}{'cross':>6}{'smallest':>10}{'ms':>9}{'largest':>10}"
+              f"{'ms':>10}{'GB/s':>8}{'spread':>8}")
+    lines += ["", header, "-" * len(header)]
+    rows = [(e["op"], e["group_size"], e["layout"], e["crosses_nodes"], e["points"]) for e in doc["collectives"]]
+    rows += [("p2p", f"pp{e['pp_degree']}", f"{e['concurrent_pairs']} pairs", e["crosses_nodes"], e["points"])
+             for e in doc["p2p"]]
+    for op, n, layout, cross, points in rows:
+        lo, hi = points[0], points[-1]
+        t = hi["time"]
+        spread = (t.get("p75_s", t["max_s"]) - t.get("p25_s", t["min_s"])) / t["median_s"] if t["median_s"] else 0.0
+        lines.append(f"{op:<15}{n!s:>3} {layout:<12}{'yes' if cross else 'no':>6}{_size(lo['message_bytes']):>10}"
+                     f"{_ms(lo['time']['median_s']):>9}{_size(hi['message_bytes']):>10}{_ms(t['median_s']):>10}"
+                     f"{hi['message_bytes'] / t['median_s'] / 1e9:>8.2f}{spread:>7.0%} ")
+    o = doc["overlap"]
+    lines.append("")
+    lines.append("overlap: not measured" if o is None else
+                 f"overlap: compute x{o['compute_slowdown']:.2f}, communication x{o['comm_slowdown']:.2f} "
+                 f"when run together ({o['method']})")
+    lines.append("(GB/s: message bytes / median time of the largest message; spread: interquartile range / median)")
+    return "\n".join(lines)
+
+
+def model_summary(doc: dict) -> str:
+    m, s = doc["model"], doc["settings"]
+    lines = [f"model-profile: {m['name']} ({m['family']}, h {m['hidden']}, {m['heads']} heads, {m['kv_heads']} kv), "
+             f"{s['dtype']}, {s['concurrent_ranks']} rank(s) at once, {s['threads_per_rank']} thread(s) each, "
+             f"{s['device']['name']}" + (f", probe took {s['elapsed_s']:.1f} s" if "elapsed_s" in s else "")]
+    header = f"{'layer':<10}{'tp':>3}{'params':>11}{'repl.':>8}{'seq':>6}{'saved B/sample div+repl':>25}" \
+             f"{'recompute':>11}{'b':>4}{'fwd ms':>9}{'bwd ms':>9}{'bwd+rc ms':>11}"
+    lines += ["", header, "-" * len(header)]
+    for e in doc["layers"]:
+        mem = {x["seq_len"]: x for x in e["memory"]}
+        for t in e["timings"]:
+            if t["micro_batch_size"] != max(s["micro_batch_sizes"]):
+                continue
+            sb, rb = mem[t["seq_len"]]["saved_bytes_per_sample"], mem[t["seq_len"]]["recompute_saved_bytes_per_sample"]
+            lines.append(f"{e['layer']:<10}{e['tp']:>3}{e['param_count']:>11}{e['param_count_tp_replicated']:>8}"
+                         f"{t['seq_len']:>6}{sb['tp_divided']:>13}+{sb['tp_replicated']:<11}"
+                         f"{rb['tp_divided'] + rb['tp_replicated']:>11}{t['micro_batch_size']:>4}"
+                         f"{_ms(t['forward']['median_s']):>9}{_ms(t['backward']['median_s']):>9}"
+                         f"{_ms(t['backward_recompute']['median_s']):>11}")
+    lines.append("(times: median of the slowest rank at the largest micro-batch size)")
+    return "\n".join(lines)
+
+
+def summarize(doc: dict) -> str:
+    return hardware_summary(doc) if doc["kind"] == "hardware-profile" else model_summary(doc)
