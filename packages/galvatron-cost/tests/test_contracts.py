@@ -155,6 +155,9 @@ def test_wrong_kind(tmp_path):
     path = write(tmp_path, "hw.json", json.dumps(hardware_profile()))
     e = refused(D.read_one, path, "plan")
     assert e.errors == ["$.kind: expected one of plan, got 'hardware-profile'"]
+    e = refused(D.read_documents, [path], kinds=["plan", "cost-model"])  # refused before its schema is checked
+    assert str(e) == f"{path}: $.kind: expected one of plan, cost-model, got 'hardware-profile'"
+    assert D.read_documents([path], kinds=["hardware-profile"]) == [hardware_profile()]
     e = refused(D.validate, hardware_profile(kind="hardware_profile"), "x.json")
     assert str(e).startswith("x.json: $.kind: expected one of hardware-profile, model-profile, cost-model, plan")
     e = refused(D.validate, {"kind": ["plan"]})
@@ -431,9 +434,27 @@ def test_exits_cleanly_maps_errors_to_exit_codes(what, code, message):
     assert isinstance(result.exception, SystemExit) or (code == 0 and result.exception is None)
 
 
-def test_exits_cleanly_prints_no_traceback_in_a_real_process(tmp_path):
+def _missing_world(doc):
+    del doc["cluster"]["world_size"]
+    return json.dumps(doc)
+
+
+def _wrong_type(doc):
+    doc["settings"]["repeats"] = "3"
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize("text, expected", [
+    (lambda doc: json.dumps(doc)[:-1], "line 1 column {n}: malformed JSON (Expecting ',' delimiter)"),
+    (lambda doc: json.dumps({**doc, "kind": "plan"}), "$.kind: expected one of hardware-profile, got 'plan'"),
+    (_missing_world, "$.cluster.world_size: required property missing"),
+    (_wrong_type, "$.settings.repeats: '3' is not of type 'integer'"),
+    (lambda doc: json.dumps({**doc, "schema_version": "3.1"}),
+     "$.schema_version: hardware-profile 3.1 is newer than this reader supports (1.0); upgrade the tool"),
+], ids=["malformed", "wrong-kind", "missing-field", "wrong-type", "newer-major"])
+def test_a_command_exits_3_with_the_path_and_no_traceback(tmp_path, text, expected):
     hw = tmp_path / "hw.json"
-    hw.write_text(json.dumps(hardware_profile(schema_version="3.1")))
+    hw.write_text(text(hardware_profile()))
     script = textwrap.dedent(f"""
         import click
         from {PACKAGE}._contracts.documents import exits_cleanly, read_one
@@ -448,6 +469,5 @@ def test_exits_cleanly_prints_no_traceback_in_a_real_process(tmp_path):
     """)
     done = subprocess.run([sys.executable, "-c", script, str(hw)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 3
-    assert done.stderr == (f"error: {hw}: $.schema_version: hardware-profile 3.1 is newer than this reader supports "
-                           f"(1.0); upgrade the tool\n")
+    assert done.stderr == f"error: {hw}: {expected.format(n=len(hw.read_text()) + 1)}\n"
     assert done.stdout == ""

@@ -200,18 +200,20 @@ def _supported_range(kind: str) -> str:
     return f"{lo[0]}.{lo[1]}" if lo == hi else f"{lo[0]}.{lo[1]} to {hi[0]}.{hi[1]}"
 
 
-def validate(doc: Any, source: str = "<document>", kind: str | None = None) -> dict:
+def validate(doc: Any, source: str = "<document>", kind: str | Iterable[str] | None = None) -> dict:
     """Check ``doc`` by the reader policy and return it (migrated if it was an older major).
 
-    Raises DocumentError naming ``source`` and the JSON path of every problem."""
+    ``kind``: the kind (or kinds) the caller accepts, checked before anything else. Raises DocumentError naming
+    ``source`` and the JSON path of every problem."""
     if not isinstance(doc, dict):
         raise DocumentError(source, f"$: expected a JSON object (a galvatron document), got {type(doc).__name__}")
     doc_kind = doc.get("kind")
     if not isinstance(doc_kind, str) or doc_kind not in DOCUMENT_KINDS or doc_kind not in known_versions():
         expected = ", ".join(DOCUMENT_KINDS)
         raise DocumentError(source, f"$.kind: expected one of {expected}, got {doc_kind!r}")
-    if kind is not None and doc_kind != kind:
-        raise DocumentError(source, f"$.kind: expected {kind!r}, got {doc_kind!r}")
+    wanted = (kind,) if isinstance(kind, str) else tuple(kind or ())
+    if wanted and doc_kind not in wanted:
+        raise DocumentError(source, f"$.kind: expected one of {', '.join(wanted)}, got {doc_kind!r}")
     raw_version = doc.get("schema_version")
     try:
         major, minor = parse_version(raw_version)
@@ -294,8 +296,11 @@ def _source_list(sources: Iterable[str | os.PathLike] | str | os.PathLike) -> li
     return [os.fspath(s) for s in sources]
 
 
-def read_documents(sources: Iterable[str] | str, stdin=None) -> list[dict]:
-    """Every document in the given paths (``-`` is stdin), validated, in order."""
+def read_documents(sources: Iterable[str] | str, stdin=None, kinds: Iterable[str] | None = None) -> list[dict]:
+    """Every document in the given paths (``-`` is stdin), validated, in order.
+
+    ``kinds``: the kinds the caller accepts; another kind is refused before its schema is checked."""
+    kinds = tuple(kinds) if kinds is not None else None
     docs = []
     for src in _source_list(sources):
         name = "<stdin>" if src == "-" else src
@@ -312,12 +317,14 @@ def read_documents(sources: Iterable[str] | str, stdin=None) -> list[dict]:
         if not found:
             raise DocumentError(name, "no document (empty input)")
         for i, value in enumerate(found):
-            docs.append(validate(value, name if len(found) == 1 else f"{name}[document {i + 1}]"))
+            docs.append(validate(value, name if len(found) == 1 else f"{name}[document {i + 1}]", kinds))
     return docs
 
 
 def route(docs: Iterable[dict], wanted: Iterable[str], source: str = "input") -> dict[str, list[dict]]:
-    """Group documents by kind; a kind outside ``wanted`` is an error (exit 3)."""
+    """Group documents by kind; a kind outside ``wanted`` is an error (exit 3).
+
+    (``read_documents(..., kinds=wanted)`` refuses such a document earlier, naming its file.)"""
     wanted = tuple(wanted)
     out: dict[str, list[dict]] = {k: [] for k in wanted}
     for doc in docs:
@@ -331,7 +338,7 @@ def read_one(sources: Iterable[str] | str, kind: str, stdin=None) -> dict:
     """Exactly one document of ``kind`` from the sources."""
     names = _source_list(sources)
     name = ", ".join("<stdin>" if n == "-" else n for n in names)
-    docs = route(read_documents(names, stdin), [kind], name)[kind]
+    docs = read_documents(names, stdin, [kind])
     if len(docs) != 1:
         raise DocumentError(name, f"expected exactly one {kind} document, got {len(docs)}")
     return docs[0]
