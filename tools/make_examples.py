@@ -586,7 +586,8 @@ def invalid_examples() -> dict[str, list[tuple[str, dict, str, str, str]]]:
             ("missing-timings", mutate(mp, [(("layers", 0, "timings"), DELETE)]), "$.layers[0].timings",
              "required property missing", "every profiled layer has timings"),
             ("no-micro-batch-sizes", mutate(mp, [(("settings", "micro_batch_sizes"), [])]),
-             "$.settings.micro_batch_sizes", "should be non-empty", "at least one micro-batch size was measured"),
+             "$.settings.micro_batch_sizes", "expected at least 1 item, got 0",
+             "at least one micro-batch size was measured"),
             ("wrong-kind", mutate(mp, [(("kind",), "model_profile")]), "$.kind", "expected one of",
              "kind names one of the five document kinds"),
         ],
@@ -637,7 +638,7 @@ def invalid_examples() -> dict[str, list[tuple[str, dict, str, str, str]]]:
         "run-report": [
             ("short-plan-digest", mutate(rr, [(("plan", "sha256"), "deadbeef")]), "$.plan.sha256",
              "does not match", "the plan is cited by its full sha256"),
-            ("no-steps", mutate(rr, [(("steps",), [])]), "$.steps", "should be non-empty",
+            ("no-steps", mutate(rr, [(("steps",), [])]), "$.steps", "expected at least 1 item, got 0",
              "a run report has at least one step"),
             ("loss-as-string", mutate(rr, [(("steps", 1, "loss"), "5.1")]), "$.steps[1].loss",
              "is not of type 'number'", "loss is a number"),

@@ -155,6 +155,11 @@ def _lines(error) -> list[tuple[list, str]]:
         if extra:
             return [(key + [(1, k)], f"{_child(path, k)}: unexpected property (the schema has no such field)")
                     for k in extra]
+    if error.validator in ("minItems", "maxItems") and isinstance(error.instance, list):
+        bound = "at least" if error.validator == "minItems" else "at most"
+        count = error.validator_value
+        return [(key, f"{path}: expected {bound} {count} item{'s' if count != 1 else ''}, "
+                      f"got {len(error.instance)}")]
     return [(key, f"{path}: {_short(error.message)}")]
 
 
