@@ -294,7 +294,7 @@ def stage_dp(sub: Sub, i: int, schedule: str, budget: float, overhead: float, U:
     wi = np.arange(W)
     for n in range(1, n_cap + 1):
         if n == 1 and i > 0:     # from the entry layout only: no memory used yet
-            first = (sub.p2pK[entries][None, :] + sub.trK[np.ix_(A, entries)])               # (nA, E)
+            first = sub.p2pK[entries][None, :] + sub.trK[np.ix_(entries, A)].T               # (nA, E)
             Y = np.broadcast_to(first[:, None, None, :], (nA, U + 1, W, E))
         else:
             Y = np.min(X[:, None] + tr_in[:, :, None, None, None], axis=0)            # (nA, U+1, W, E)
