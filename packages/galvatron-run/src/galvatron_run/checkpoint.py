@@ -18,8 +18,8 @@ stages is the whole model.
 
     from galvatron_run import checkpoint as ckpt
     ckpt.save_checkpoint("ckpt", step, [model], [optimizer], scheduler, data_source, keep=3, plan_digest=d)
-    path = ckpt.latest_complete("ckpt")                    # None when there is none
-    info = ckpt.load_checkpoint(path, [model], [optimizer], scheduler, data_source)   # -> {"step": ..., ...}
+    info = ckpt.resume("ckpt", [model], [optimizer], scheduler, data_source)  # newest good one, or None
+    info = ckpt.load_checkpoint("ckpt/step-200", [model], [optimizer], scheduler, data_source)  # {"step": 200, ...}
     ckpt.export_model("ckpt/step-200", "model.pt")         # offline, one process: a plain {fqn: tensor} file
     ckpt.import_model("model.pt", [model])                 # start from such a file (collective)
 
@@ -455,6 +455,17 @@ def load_checkpoint(path: str | os.PathLike, model_parts, optimizers=(), schedul
         data_source.load_state(train_state["data"])
     return {"step": int(train_state["step"]), "extra": train_state.get("extra", {}), "same_plan": same_plan,
             "rng_restored": rng_restored, "path": str(path), "world_size": marker.get("world_size")}
+
+
+def resume(root: str | os.PathLike, model_parts, optimizers=(), scheduler=None, data_source=None, *,
+           plan_digest: str | None = None, group=None) -> dict | None:
+    """Load the newest complete, undamaged checkpoint under ``root`` (every file's CRC checked, the work shared by
+    the ranks; damaged ones are skipped with a warning). None when there is none: start from scratch."""
+    path = latest_complete(root, deep=True, group=group)
+    if path is None:
+        return None
+    return load_checkpoint(path, model_parts, optimizers, scheduler, data_source, plan_digest=plan_digest,
+                           verify=False, group=group)
 
 
 def _train_state(path: Path) -> dict:
