@@ -317,7 +317,12 @@ def measure_overlap(d, sweep: Sweep, timer: Timer, quick: bool) -> dict:
         iters = None
         for _ in range(trials):
             timer.barrier()
-            c_t = timer.time(comm)
+            if cuda:  # the communication runs on the side stream: time it there
+                cs, ce = elapsed_cuda(comm, side)
+                ce.synchronize()
+                c_t = cs.elapsed_time(ce) / 1e3
+            else:
+                c_t = timer.time(comm)
             if iters is None:  # same loop length on every rank: the longest communication decides
                 c_max = timer.slowest([c_t])[0]
                 iters = int(timer.slowest([float(max(1, round(c_max / max(one, 1e-9))))])[0])
