@@ -97,3 +97,30 @@ def test_a_failure_on_one_launched_rank_reaches_the_caller_with_its_exit_code():
     with pytest.raises(GalvatronError, match="rank one cannot do this") as err:
         run_ranks(_fails_on_rank_one, 2)
     assert err.value.exit_code == 2
+
+
+def _rank_one_never_joins():
+    import time
+
+    import torch
+
+    from galvatron_probe.bandwidth import Timer
+    from galvatron_probe.launch import close_distributed, init_distributed
+
+    d = init_distributed("gloo", timeout_s=2)
+    if d.rank == 1:
+        time.sleep(6)  # never joins the all_reduce: rank 0 must give up after the 2 s timeout
+        close_distributed()
+        return None
+    timer = Timer(d.device, timeout_s=2)
+    with timer.named("all_reduce over ranks [0, 1] (consecutive, group size 2) with 4096 bytes"):
+        import torch.distributed as dist
+
+        dist.all_reduce(torch.ones(1024))
+    return "not reached"
+
+
+def test_a_collective_that_times_out_names_its_group_and_size():
+    with pytest.raises(GalvatronError, match=r"all_reduce over ranks \[0, 1\].*4096 bytes.*timeout 2 s") as err:
+        run_ranks(_rank_one_never_joins, 2)
+    assert err.value.exit_code == 1
