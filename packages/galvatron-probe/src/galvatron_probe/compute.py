@@ -124,7 +124,7 @@ def compute_worker(opts: ComputeOptions) -> dict | None:
     from .bandwidth import Timer, device_info
     from .launch import close_distributed, init_distributed, set_threads
     from .layers import build_shard, make_inputs, param_split
-    from .memory import saved_bytes_per_sample
+    from .memory import saved_bytes_per_sample, workspace_bytes_per_sample
 
     t_start = time.perf_counter()
     d = init_distributed(None, opts.timeout_s)
@@ -144,6 +144,9 @@ def compute_worker(opts: ComputeOptions) -> dict | None:
                     saved = [saved_bytes_per_sample(plan.spec, layer, t, s, rc, dtype, d.device) for rc in (0, 1)]
                     memory.append({"seq_len": s, "saved_bytes_per_sample": saved[0],
                                    "recompute_saved_bytes_per_sample": saved[1]})
+                    workspace = workspace_bytes_per_sample(plan.spec, layer, t, s, dtype, d.device)
+                    if workspace is not None:  # CUDA only: the CPU allocator keeps no peak
+                        memory[-1]["workspace_bytes_per_sample"] = workspace
                     progress.step(f"{layer} tp={t} seq={s} memory")
                     torch.manual_seed(0)
                     module = build_shard(plan.spec, layer, t, dtype=dtype, device=d.device)

@@ -64,3 +64,33 @@ def saved_bytes_per_sample(spec: dict, layer: str, t: int, seq_len: int, recompu
                                  f"split widths double: neither divided nor replicated")
         split[part] += b - a
     return split
+
+
+def workspace_bytes_per_sample(spec: dict, layer: str, t: int, seq_len: int, dtype=torch.float32,
+                               device="cpu") -> int | None:
+    """Peak temporary bytes per sample beyond what the layer holds, on CUDA (the caching allocator's counters);
+    None elsewhere. Forward: peak above what stays allocated after it (saved tensors, output); backward: peak
+    above the allocation when it starts. The larger of the two, as bytes(2 samples) - bytes(1 sample)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+
+    def peak(batch):
+        torch.manual_seed(0)
+        module = build_shard(spec, layer, t, dtype=dtype, device=device)
+        args, grad = make_inputs(spec, layer, batch, seq_len, dtype=dtype, device=device)
+        module(*args).backward(grad)  # gradients exist from here on, as in training
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = module(*args)
+        torch.cuda.synchronize(device)
+        held = torch.cuda.memory_allocated(device)
+        forward = torch.cuda.max_memory_allocated(device) - held
+        torch.cuda.reset_peak_memory_stats(device)
+        out.backward(grad)
+        torch.cuda.synchronize(device)
+        backward = torch.cuda.max_memory_allocated(device) - held
+        del out, module, args, grad
+        return max(forward, backward, 0)
+
+    return max(0, peak(2) - peak(1))
