@@ -118,3 +118,16 @@ def test_p2p_extrapolation_shares_the_node_link():
     ab, extrap, _ = model.p2p(Topology(2, 2, 1, 1))            # one pair crossing: the whole node link, capped
     assert extrap
     assert ab.bandwidth_gbps == pytest.approx(min(links["p2p_node"], links["p2p_intra"]) / 1e9, rel=1e-4)
+
+
+def test_latency_bound_sweep_borrows_the_link_bandwidth():
+    # reduce_scatter of 2 measured flat (noise swamped the transfer): no unbounded bandwidth, the link's instead
+    hw = synthetic.hardware_profile(1, 4)
+    flat = next(c for c in hw["collectives"] if c["op"] == "reduce_scatter" and c["group_size"] == 2)
+    for p in flat["points"]:
+        p["time"]["median_s"] = 1e-3
+    model = CommModel(hw)
+    fit = next(f for f in model.probed if f.op == "reduce_scatter" and f.topo.n == 2 and f.layout == "consecutive")
+    assert "not identifiable" in fit.method
+    assert fit.ab.bandwidth_gbps == pytest.approx(synthetic.LINKS["bw_intra"] / 1e9, rel=1e-3)
+    assert fit.ab.alpha_s < 1e-3

@@ -50,3 +50,22 @@ def test_unprofiled_tp_scales_per_token_by_flops():
     assert got["backward"].per_token_seq_s == pytest.approx(0.25 * 1e-8)
     assert got["forward"].fixed_s == 1e-3
     assert all(f.extrapolated for f in got.values()) and "tp=2" in got["forward"].note
+
+
+def test_unidentified_slope_borrows_from_another_tp_degree():
+    import synthetic
+
+    from galvatron_cost._contracts.models import PRESETS
+    from galvatron_cost.compute import fill_unidentified, fit_layer_phases
+
+    mp = synthetic.model_profile(PRESETS["tiny-gpt"], tp_degrees=(1, 2), mbs=(1, 2, 4))
+    entries = {e["tp"]: e for e in mp["layers"] if e["layer"] == "decoder"}
+    for row in entries[1]["timings"]:                 # tp=1 backward: noise made it shrink with the batch
+        row["backward"]["median_s"] = 0.01 / row["micro_batch_size"]
+    fits = {t: fit_layer_phases(e) for t, e in entries.items()}
+    assert fits[1]["backward"].per_token_s == 0
+    notes = fill_unidentified(entries, fits, "decoder")
+    assert notes == ["decoder tp=1 backward: times did not grow with tokens; per-token terms from tp=2 x 2/1, "
+                     "overhead refitted"]
+    assert fits[1]["backward"].per_token_s == pytest.approx(2 * fits[2]["backward"].per_token_s)
+    assert fits[1]["forward"].per_token_s == pytest.approx(4e-7, rel=1e-6)      # identified fits untouched

@@ -190,6 +190,40 @@ class ProbedFit:
     ab: AlphaBeta
     quality: dict
     points: int
+    x: np.ndarray | None = None
+    t: np.ndarray | None = None
+    method: str = "robust least squares (soft_l1 on relative residuals)"
+
+    @property
+    def identified(self) -> bool:
+        """The bandwidth term explains at least 5% of the largest message's time (the sweep saw bandwidth)."""
+        xm = float(self.x.max())
+        return self.ab.per_byte_s() * xm >= 0.05 * self.ab.time(xm)
+
+
+def refit_alpha(x: np.ndarray, t: np.ndarray, bandwidth_gbps: float) -> tuple[AlphaBeta, dict]:
+    """Keep a bandwidth, fit the latency: median of what the transfer leaves (>= 0)."""
+    beta = 1.0 / (bandwidth_gbps * 1e9)
+    alpha = max(float(np.median(t - beta * x)), 0.0)
+    return AlphaBeta(alpha, bandwidth_gbps), quality(alpha + beta * x, t)
+
+
+def fill_unidentified(fits: list[ProbedFit]) -> None:
+    """A fit whose sweep never left the latency-bound regime would claim an unbounded bandwidth. It takes the
+    median bandwidth of the identified fits of the same kind of link (intra-node or cross-node) and refits its
+    latency; with none, time proportional to bytes (alpha 0), an upper bound at the probed sizes."""
+    for f in fits:
+        if f.identified:
+            continue
+        same = [g.ab.bandwidth_gbps for g in fits if g.identified and g.topo.crosses == f.topo.crosses]
+        if same:
+            f.ab, f.quality = refit_alpha(f.x, f.t, float(np.median(same)))
+            f.method = ("bandwidth not identifiable from the sweep (latency-bound): median bandwidth of the "
+                        "identified fits of the same link, latency refitted")
+        else:
+            beta = float(np.mean(f.t / f.x))
+            f.ab, f.quality = AlphaBeta(0.0, 1.0 / (beta * 1e9)), quality(beta * f.x, f.t)
+            f.method = "bandwidth not identifiable from the sweep (latency-bound): time proportional to bytes"
 
 
 @dataclass
@@ -228,9 +262,10 @@ class CommModel:
             except ValueError:
                 raise DocumentError(source, f"$.collectives[{i}]: a group of {n} with stride {entry['stride']} "
                                             f"does not tile the {world} ranks of the profiled cluster") from None
-            fit = ProbedFit(op, topo, entry["layout"], entry["stride"], ab, q, len(t))
-            self.probed.append(fit)
-            key = (op, topo)
+            self.probed.append(ProbedFit(op, topo, entry["layout"], entry["stride"], ab, q, len(t), x, t))
+        fill_unidentified(self.probed)
+        for fit in self.probed:
+            key = (fit.op, fit.topo)
             if key not in self.exact or fit.points > self.exact[key].points:
                 self.exact[key] = fit
         self.links = {op: _Links() for op in OPS}
@@ -280,6 +315,11 @@ class CommModel:
         hit = self.exact.get((op, topo))
         if hit is not None:
             return hit.ab, False, "probed fit of the same topology"
+        if not topo.crosses:        # inside a node only the group size matters (no shared inter-node link)
+            same = [f for f in self.probed if f.op == op and not f.topo.crosses and f.topo.n == topo.n]
+            if same:
+                f = min(same, key=lambda f: abs(f.topo.sharing - topo.sharing))
+                return f.ab, False, "probed fit of the same group size within a node"
         intra = self._intra(op, topo.per_node if topo.crosses else topo.n)
         if intra is None and (not topo.crosses or topo.per_node > 1):
             raise DocumentError(self.source, f"$.collectives: cannot derive {op} over {topo.describe()}"
@@ -310,6 +350,9 @@ class CommModel:
             x = np.array([p["message_bytes"] for p in entry["points"]], float)
             t = np.array([p["time"]["median_s"] for p in entry["points"]], float)
             ab, q = fit_alpha_beta(x, t)
+            if ab.per_byte_s() * x.max() < 0.05 * ab.time(x.max()):       # latency-bound sweep: see above
+                beta = float(np.mean(t / x))
+                ab, q = AlphaBeta(0.0, 1.0 / (beta * 1e9)), quality(beta * x, t)
             # the probed boundary: the first whose node crossing matches the profile's flag
             pairs = min(entry["concurrent_pairs"], dist)
             topos = [p2p_topology(k * dist + np.arange(pairs), dist, self.profile_gpn) for k in range(pp - 1)]

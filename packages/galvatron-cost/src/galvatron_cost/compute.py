@@ -66,12 +66,63 @@ def fit_compute(seq_lens, micro_batch_sizes, times, with_seq_term: bool | None =
     return ComputeFit(float(full[0]), float(full[1]), float(full[2]), quality(pred, t))
 
 
+def _points(layer_entry: dict, phase: str):
+    rows = layer_entry["timings"]
+    return ([r["seq_len"] for r in rows], [r["micro_batch_size"] for r in rows],
+            [r[phase]["median_s"] for r in rows])
+
+
+def identified(fit: ComputeFit, layer_entry: dict) -> bool:
+    """Whether the measurements showed time growing with tokens (a positive per-token or sequence term)."""
+    seq, mbs, _ = _points(layer_entry, "forward")
+    several = len({b * s for b, s in zip(mbs, seq, strict=True)}) > 1
+    return not several or fit.per_token_s > 0 or fit.per_token_seq_s > 0
+
+
+def refit_with_slope(layer_entry: dict, phase: str, per_token_s: float, per_token_seq_s: float,
+                     note: str) -> ComputeFit:
+    """Keep the given per-token terms, fit only the fixed overhead (median of what they leave, >= 0)."""
+    seq, mbs, t = (np.asarray(x, float) for x in _points(layer_entry, phase))
+    tokens = mbs * seq
+    slope = per_token_s * tokens + per_token_seq_s * tokens * seq
+    fixed = max(float(np.median(t - slope)), 0.0)
+    return ComputeFit(fixed, per_token_s, per_token_seq_s, quality(fixed + slope, t), False, note)
+
+
+def proportional(layer_entry: dict, phase: str, note: str) -> ComputeFit:
+    """time = per_token * tokens through the origin (relative least squares): the FLOPs-proportional fallback."""
+    seq, mbs, t = (np.asarray(x, float) for x in _points(layer_entry, phase))
+    tokens = mbs * seq
+    per_token = float(np.mean(t / tokens))
+    return ComputeFit(0.0, per_token, 0.0, quality(per_token * tokens, t), False, note)
+
+
 def fit_layer_phases(layer_entry: dict) -> dict[str, ComputeFit]:
     """{phase: fit} for one model-profile layer entry."""
-    rows = layer_entry["timings"]
-    seq = [r["seq_len"] for r in rows]
-    mbs = [r["micro_batch_size"] for r in rows]
-    return {ph: fit_compute(seq, mbs, [r[ph]["median_s"] for r in rows]) for ph in PHASES}
+    return {ph: fit_compute(*_points(layer_entry, ph)) for ph in PHASES}
+
+
+def fill_unidentified(entries: dict[int, dict], fits: dict[int, dict[str, ComputeFit]], layer: str) -> list[str]:
+    """Fits whose times did not grow with tokens (noise swamped the slope) borrow the per-token terms of the
+    nearest TP degree of the same layer and phase that did, scaled by FLOPs (t0/t), and refit the overhead;
+    with none, time is taken proportional to tokens. Returns one note per replaced fit."""
+    notes = []
+    for ph in PHASES:
+        good = {t: f[ph] for t, f in fits.items() if identified(f[ph], entries[t])}
+        for t, f in fits.items():
+            if t in good:
+                continue
+            if good:
+                t0 = min(good, key=lambda x: (abs(np.log2(x) - np.log2(t)), -x))
+                note = (f"{layer} tp={t} {ph}: times did not grow with tokens; per-token terms from tp={t0} "
+                        f"x {t0}/{t}, overhead refitted")
+                f[ph] = refit_with_slope(entries[t], ph, good[t0].per_token_s * t0 / t,
+                                         good[t0].per_token_seq_s * t0 / t, note)
+            else:
+                note = f"{layer} tp={t} {ph}: times did not grow with tokens; fitted proportional to tokens"
+                f[ph] = proportional(entries[t], ph, note)
+            notes.append(note)
+    return notes
 
 
 def derive_tp(fits_by_tp: dict[int, dict[str, ComputeFit]], tp: int) -> dict[str, ComputeFit]:

@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__
 from ._contracts.documents import DocumentError, UsageError, digest, producer
 from .comm import OPS, CommModel, Topology, groups_topology, p2p_topology, wire_factor
-from .compute import PHASES, derive_tp, fit_layer_phases
+from .compute import PHASES, derive_tp, fill_unidentified, fit_layer_phases
 from .layouts import Layout, enumerate_layouts, gather_need, group_stride, local_groups, transition_topology
 from .memory import DTYPE_BYTES, activation_per_sample, derive_split, model_states, numel, param_shapes, sharded_numel
 
@@ -121,6 +121,7 @@ class Builder:
         self.cfits: dict[str, dict[int, dict]] = {}
         for k in LAYERS:
             self.cfits[k] = {tp: fit_layer_phases(e) for tp, e in sorted(self.entries[k].items())}
+            self.notes += fill_unidentified(self.entries[k], self.cfits[k], k)
 
     def compute(self, layer: str, tp: int) -> dict:
         fits = self.cfits[layer]
@@ -372,7 +373,7 @@ class Builder:
         for f in self.comm.probed:
             colls.append({"op": f.op, "group_size": f.topo.n, "layout": f.layout, "crosses_nodes": f.topo.crosses,
                           "alpha_s": f.ab.alpha_s, "bandwidth_gbps": f.ab.bandwidth_gbps, "extrapolated": False,
-                          "method": f"robust least squares (soft_l1, relative residuals), probed on {probed_on}",
+                          "method": f"{f.method}; probed on {probed_on}",
                           "quality": f.quality, "stride": f.stride, "nodes_spanned": f.topo.nodes,
                           "ranks_per_node": f.topo.per_node, "groups_per_node": f.topo.sharing})
         for (op, topo), u in self.used_coll.items():
