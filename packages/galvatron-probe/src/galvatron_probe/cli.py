@@ -9,12 +9,14 @@ Exit codes: 0 ok, 1 runtime failure, 2 impossible request, 3 invalid input docum
 """
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import click
 
 from . import __version__
-from ._contracts.documents import exits_cleanly, write_document
+from ._contracts.documents import GalvatronError, UsageError, exits_cleanly, write_document
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024 ** 2, "mb": 1000 ** 2, "mib": 1024 ** 2,
           "g": 1024 ** 3, "gb": 1000 ** 3, "gib": 1024 ** 3}
@@ -49,6 +51,29 @@ class IntList(click.ParamType):
         if not out or min(out) < 1:
             self.fail(f"expected positive integers, got {value!r}", param, ctx)
         return out
+
+
+def _check_output(output: str) -> None:
+    """Fail before the probe runs (minutes) when the result could not be written."""
+    if output == "-":
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise UsageError(f"-o {output}: is a directory; expected a file path")
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise UsageError(f"-o {output}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"-o {output}: {parent} is not writable")
+
+
+def _write(doc: dict | None, output: str) -> None:
+    if doc is None:  # not rank 0
+        return
+    try:
+        write_document(doc, output)
+    except OSError as e:
+        raise GalvatronError(f"-o {output}: cannot write the document ({e})") from None
 
 
 def _common(fn):
@@ -92,11 +117,11 @@ def bandwidth(nproc, backend, quick, no_overlap, min_bytes, max_bytes, group_siz
     """Collectives, p2p and overlap of the launched world -> a hardware-profile document."""
     from .api import probe_bandwidth
 
+    _check_output(output)
     doc = probe_bandwidth(nproc=nproc, backend=backend, quick=quick, overlap=not no_overlap, min_bytes=min_bytes,
                           max_bytes=max_bytes, group_sizes=group_sizes, ranks_per_node=ranks_per_node, dtype=dtype,
                           warmup=warmup, repeats=repeats, timeout_s=timeout_s, progress=progress)
-    if doc is not None:
-        write_document(doc, output)
+    _write(doc, output)
 
 
 @main.command()
@@ -114,12 +139,12 @@ def compute(model, seq_lens, micro_batch_sizes, tp_degrees, layers, dtype, nproc
     """Per-layer time and exact memory of the model's TP shards -> a model-profile document."""
     from .api import probe_compute
 
+    _check_output(output)
     doc = probe_compute(model, nproc=nproc, seq_lens=seq_lens, micro_batch_sizes=micro_batch_sizes,
                         tp_degrees=tp_degrees, layers=[x.strip() for x in layers.split(",")] if layers else None,
                         dtype=dtype, quick=quick, warmup=warmup, repeats=repeats, timeout_s=timeout_s,
                         progress=progress)
-    if doc is not None:
-        write_document(doc, output)
+    _write(doc, output)
 
 
 @main.command()

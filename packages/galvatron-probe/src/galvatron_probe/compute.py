@@ -76,8 +76,8 @@ def resolve(opts: ComputeOptions, cuda: bool) -> ComputePlan:
     for s in seq_lens:
         if s < 1:
             raise UsageError(f"--seq-len: expected positive lengths, got {s}")
-        if s > spec["max_seq_len"] and spec["family"] == "gpt2" and "embedding" in layers:
-            raise UsageError(f"--seq-len: {s} exceeds the {spec['max_seq_len']} learned positions of {spec['name']}")
+        if s > spec["max_seq_len"]:
+            raise UsageError(f"--seq-len: {s} exceeds the max_seq_len {spec['max_seq_len']} of {spec['name']}")
     mbs = sorted(set(opts.micro_batch_sizes or ([1, 2] if opts.quick else [1, 2, 4])))
     if mbs[0] < 1:
         raise UsageError(f"--micro-batch-sizes: expected positive sizes, got {mbs[0]}")
