@@ -27,7 +27,7 @@ def cli(*args):
     (["compute", "--model", "gpt2-small", "--tp", "2", "--layers", "head"], 2, "does not divide vocab_size (50257)"),
     (["compute", "--model", "tiny-gpt", "--seq-len", "65"], 2, "exceeds the max_seq_len 64"),
     (["compute", "--model", "tiny-gpt", "-o", "/"], 2, "is a directory"),
-    (["compute", "--model", "tiny-gpt", "-o", "README.md/x.json"], 2, "README.md is not a directory"),
+    (["compute", "--model", "tiny-gpt", "-o", __file__ + "/x.json"], 2, "test_cli.py is not a directory"),
     (["compute", "--model", "no-such-model"], 2, "unknown model 'no-such-model'"),
     (["compute", "--model", "tiny-gpt", "--layers", "mlp"], 2, "--layers"),
     (["compute", "--model", "tiny-gpt", "--micro-batch-sizes", "0"], 2, "positive"),
