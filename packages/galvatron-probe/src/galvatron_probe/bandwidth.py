@@ -311,24 +311,27 @@ def measure_overlap(d, sweep: Sweep, timer: Timer, quick: bool) -> dict:
         timer.barrier()
         comm()  # warm-up
         compute(2)
-        timer.barrier()
-        one = timer.time(lambda: compute(5)) / 5
-        comm_alone, comp_alone, comm_both, comp_both = [], [], [], []
-        iters = None
-        for _ in range(trials):
+
+        def comm_alone_s():
             timer.barrier()
             if cuda:  # the communication runs on the side stream: time it there
                 cs, ce = elapsed_cuda(comm, side)
                 ce.synchronize()
-                c_t = cs.elapsed_time(ce) / 1e3
-            else:
-                c_t = timer.time(comm)
-            if iters is None:  # same loop length on every rank: the longest communication decides
-                c_max = timer.slowest([c_t])[0]
-                iters = int(timer.slowest([float(max(1, round(c_max / max(one, 1e-9))))])[0])
-            comm_alone.append(c_t)
+                return cs.elapsed_time(ce) / 1e3
+            return timer.time(comm)
+
+        # size the compute loop to last as long as the communication (slowest rank), the same on every rank
+        c_max = timer.slowest([comm_alone_s()])[0]
+        iters = 4
+        for _ in range(3):
             timer.barrier()
-            loop = functools.partial(compute, iters)
+            k_max = timer.slowest([timer.time(functools.partial(compute, iters))])[0]
+            iters = int(timer.slowest([float(max(1, round(iters * c_max / max(k_max, 1e-9))))])[0])
+        loop = functools.partial(compute, iters)
+        comm_alone, comp_alone, comm_both, comp_both = [], [], [], []
+        for _ in range(trials):
+            comm_alone.append(comm_alone_s())
+            timer.barrier()
             comp_alone.append(timer.time(loop))
             timer.barrier()
             if cuda:
