@@ -9,7 +9,8 @@ Targets (issue 5):
 - LLaMA-2-7B, 8 GPUs, 36 GiB, global batch 64: <= 1 s
 - the same at 72 GiB: <= 1.2 x the 36 GiB time (the DP does not grow with the budget)
 - LLaMA-2-70B-like, 128 nodes x 8 GPUs, 80 GiB, global batch 1024: <= 10 s and <= 1 GiB peak memory (tracemalloc)
-Times are the best of --repeats runs (the machine is shared); CPU seconds are printed beside them.
+Search seconds are CPU seconds of this process (time.process_time, best of --repeats runs): on the shared 2-core
+machine the wall clock also counts other processes' time. The wall clock (best of the runs) is printed beside.
 Exits 1 when a target is missed.
 """
 from __future__ import annotations
@@ -81,7 +82,7 @@ def main() -> int:
     rows, failures, times = [], [], {}
     for name, cm, mem, batch in cases:
         plan, wall, cpu = timed(cm, mem, batch, args.repeats)
-        times[name] = wall
+        times[name] = cpu
         (work / f"plan-{len(times)}.json").write_text(json.dumps(plan, indent=1))
         peak = peak_memory(cm, mem, batch) if batch == 1024 else None
         rows.append((name, plan, wall, cpu, peak))
@@ -89,13 +90,13 @@ def main() -> int:
     targets = {cases[0][0]: (t36 <= 1.0, "<= 1 s"),
                cases[1][0]: (t72 <= 1.2 * t36, f"<= 1.2 x {t36:.3f} s"),
                cases[2][0]: (None, "<= 10 s, <= 1 GiB")}
-    print("\n| case | search s (cpu s) | target | peak MiB | plan samples/s | " +
+    print("\n| case | search s (wall s) | target | peak MiB | plan samples/s | " +
           " | ".join(b["name"] for b in rows[0][1]["search"]["baselines"]) + " | met |")
     print("|" + "---|" * (6 + len(rows[0][1]["search"]["baselines"])))
     for name, plan, wall, cpu, peak in rows:
         ok, target = targets[name]
         if ok is None:
-            ok = wall <= 10.0 and peak <= GIB
+            ok = cpu <= 10.0 and peak <= GIB
         if not ok:
             failures.append(name)
         thr = plan["predictions"]["samples_per_s"]
@@ -104,7 +105,7 @@ def main() -> int:
             ok_b = b["feasible"]
             cells.append(f"{b['samples_per_s']:.2f} ({thr / b['samples_per_s']:.2f}x)" if ok_b else "infeasible")
         peak_s = f"{peak / 2 ** 20:.0f}" if peak is not None else "-"
-        print(f"| {name} | {wall:.3f} ({cpu:.3f}) | {target} | {peak_s} | {thr:.2f} | " + " | ".join(cells) +
+        print(f"| {name} | {cpu:.3f} ({wall:.3f}) | {target} | {peak_s} | {thr:.2f} | " + " | ".join(cells) +
               f" | {'yes' if ok else 'NO'} |")
     print("\nratios: plan samples/s / baseline samples/s. Plans:")
     for name, plan, *_ in rows:
