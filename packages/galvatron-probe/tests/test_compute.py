@@ -10,7 +10,7 @@ from galvatron_probe.memory import saved_bytes_per_sample
 @pytest.fixture(scope="module")
 def llama_profile():
     return probe_compute("tiny-llama", nproc=2, tp_degrees=[1, 2], micro_batch_sizes=[1, 4], seq_lens=[32, 64],
-                         quick=True, timeout_s=60, progress=False)
+                         quick=True, repeats=5, timeout_s=60, progress=False)
 
 
 def test_document_validates(llama_profile):
@@ -31,7 +31,7 @@ def test_every_layer_and_degree_with_every_point(llama_profile):
         for x in entry["timings"]:
             for kind in ("forward", "backward", "backward_recompute"):
                 t = x[kind]
-                assert t["repeats"] == 3
+                assert t["repeats"] == 5
                 assert 0 < t["min_s"] <= t["p25_s"] <= t["median_s"] <= t["p75_s"] <= t["max_s"]
 
 
