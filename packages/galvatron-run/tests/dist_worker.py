@@ -28,11 +28,11 @@ class Pattern:
     """A learnable task: each row repeats a short random pattern (seeded by step), so the next token is predictable."""
 
     def __init__(self, vocab, seq, batch, seed, period=5):
-        self.vocab, self.seq, self.batch, self.seed, self.period = vocab, seq, batch, seed, period
+        self.vocab, self.seq, self.rows, self.seed, self.period = vocab, seq, batch, seed, period
 
     def batch(self, step):
         g = torch.Generator().manual_seed(self.seed + step)
-        pat = torch.randint(0, min(self.vocab, 16), (self.batch, self.period), generator=g)
+        pat = torch.randint(0, min(self.vocab, 16), (self.rows, self.period), generator=g)
         reps = (self.seq + 1 + self.period - 1) // self.period
         tokens = pat.repeat(1, reps)[:, : self.seq + 1]
         return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()

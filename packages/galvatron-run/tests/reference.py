@@ -20,7 +20,7 @@ def lr_at(step, opt, steps):
 
 
 def reference_run(plan, steps, total_steps=None, data=None, dtype="fp32"):
-    """(losses per step, {FQN: parameter}) after ``steps`` steps on the global batch, one process."""
+    """(losses per step, {FQN: parameter} after ``steps`` steps, gradient norms per step) on the global batch."""
     spec = plan["model"]
     seq = plan["training"]["seq_len"]
     torch.manual_seed(0)
@@ -33,7 +33,7 @@ def reference_run(plan, steps, total_steps=None, data=None, dtype="fp32"):
                               lr=opt["lr"], betas=(0.9, 0.95), eps=1e-8, foreach=False)
     data = data or make_data_source(None, vocab_size=spec["vocab_size"], seq_len=seq,
                                     global_batch=plan["global_batch"], seed=plan["training"]["seed"])
-    losses = []
+    losses, norms = [], []
     for step in range(steps):
         for g in optim.param_groups:
             g["lr"] = lr_at(step, opt, total_steps or steps)
@@ -43,10 +43,10 @@ def reference_run(plan, steps, total_steps=None, data=None, dtype="fp32"):
             logits = model(x)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), opt["grad_clip"])
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), opt["grad_clip"])))
         optim.step()
         losses.append(loss.item())
     named = {n: p.detach().clone() for n, p in model.named_parameters()}
     if spec["tied_embeddings"]:
         named["head.out.weight"] = named["embedding.tok.weight"]
-    return losses, named
+    return losses, named, norms

@@ -412,7 +412,8 @@ def load_checkpoint(path: str | os.PathLike, model_parts, optimizers=(), schedul
 
     Without ``optimizers`` only the model is loaded (to start a new run from trained weights). The scheduler and
     data source get their saved state; RNG states are restored when the world size and plan are the same.
-    Returns ``{"step", "extra", "same_plan", "rng_restored", "path"}``; the run continues at step + 1."""
+    Returns ``{"step", "extra", "same_plan", "rng_restored", "path", "world_size"}``, ``step`` as it was given to
+    save_checkpoint (the runtime saves the number of steps completed, which is the next step to run)."""
     path = Path(path)
     parts, optims = _parts(model_parts, optimizers)
     rank, world = _rank_world(group)
@@ -447,7 +448,7 @@ def load_checkpoint(path: str | os.PathLike, model_parts, optimizers=(), schedul
         if f"rank{rank}.cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"][f"rank{rank}.cuda"])
 
-    train_state = _train_state(path)
+    train_state = read_train_state(path)
     if optims:
         for sched in _as_list(scheduler):
             _load_scheduler(sched, train_state.get("scheduler"), path)
@@ -468,8 +469,9 @@ def resume(root: str | os.PathLike, model_parts, optimizers=(), scheduler=None, 
                            verify=False, group=group)
 
 
-def _train_state(path: Path) -> dict:
-    f = path / TRAIN_STATE
+def read_train_state(path: str | os.PathLike) -> dict:
+    """The checkpoint's train_state.json: {step, scheduler, data, extra}."""
+    f = Path(path) / TRAIN_STATE
     try:
         doc = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

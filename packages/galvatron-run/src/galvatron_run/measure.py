@@ -33,8 +33,12 @@ def tensor_bytes(tensors) -> int:
 
 def live_tensor_bytes() -> int:
     """Bytes of every tensor storage the garbage collector can see now (a baseline the profiler cannot see)."""
+    import warnings
     ts = []
-    for obj in gc.get_objects():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        objs = gc.get_objects()
+    for obj in objs:
         try:
             if isinstance(obj, torch.Tensor):
                 ts.append(obj)

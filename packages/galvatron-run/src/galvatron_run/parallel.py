@@ -310,6 +310,12 @@ def _all_reduce_flat(tensors: list[torch.Tensor], group) -> None:
 def sync_grads(units: list[Unit], env: Env, tie: tuple[nn.Parameter, nn.Parameter] | None, pp: int) -> None:
     """After the last micro-batch: ddp all-reduce over dp, sp partial sums over tp, tied-embedding sums."""
     for u in units:
+        # DTensor may return a replicated gradient for a sharded parameter (the vocabulary-parallel embedding's);
+        # keep this rank's shard (Replicate -> Shard is a local slice), so every gradient matches its parameter.
+        for p in u.module.parameters():
+            if isinstance(p.grad, DTensor) and tuple(p.grad.placements) != tuple(p.placements):
+                p.grad = p.grad.redistribute(p.device_mesh, p.placements)
+    for u in units:
         if not u.fsdp and u.layout.dp > 1:
             _all_reduce_flat([local(p.grad) for p in u.module.parameters() if p.grad is not None],
                              env.dp_group(u.layout))
@@ -330,11 +336,11 @@ def sync_grads(units: list[Unit], env: Env, tie: tuple[nn.Parameter, nn.Paramete
 
 
 @torch.no_grad()
-def clip_grads(units: list[Unit], max_norm: float | None, skip: set[int]) -> float:
+def clip_grads(units: list[Unit], max_norm: float | None, skip: set[int], device: torch.device) -> float:
     """Global L2 norm of every gradient, each element counted once over all ranks; scale them to ``max_norm``.
 
     ``skip``: ids of parameters that duplicate another (the head's copy of a tied embedding)."""
-    sq = torch.zeros((), dtype=torch.float64)
+    sq = torch.zeros((), dtype=torch.float64, device=device)
     grads = []
     for u in units:
         tp, dp = u.layout.tp, u.layout.dp

@@ -268,7 +268,7 @@ def _forward_backward(state: TrainState, x: torch.Tensor, y: torch.Tensor) -> to
             state.schedule.step(target=y, losses=losses)
         else:
             state.schedule.step()
-    total = torch.zeros((), dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64, device=dev)
     lay = Layout.of(plan["head"])
     if state.last and lay.coords(state.env.j)[0] == 0:
         total += sum(float(v.detach().float()) for v in losses)
@@ -291,16 +291,16 @@ def train_step(state: TrainState, data, memory: PeakMemory | None = None, saved:
         if memory is not None:
             acc["grad_bytes"] = tensor_bytes(local(p.grad) for p in state.model.parameters() if p.grad is not None)
         max_norm = plan["training"]["optimizer"].get("grad_clip", 1.0)
-        norm = clip_grads(state.units, max_norm, state.skip_norm)
+        norm = clip_grads(state.units, max_norm, state.skip_norm, state.env.device)
         state.optimizer.step()
         state.scheduler.step()
     dist.all_reduce(loss)
     dist.barrier()
     elapsed = time.perf_counter() - t0
-    t = torch.tensor([elapsed], dtype=torch.float64)
+    t = torch.tensor([elapsed], dtype=torch.float64, device=state.env.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    record = {"step": state.step, "loss": float(loss), "time_s": float(t), "tokens": plan["global_batch"] * state.seq_len,
-              "lr": float(lr), "grad_norm": float(norm)}
+    record = {"step": state.step, "loss": float(loss), "time_s": float(t),
+              "tokens": plan["global_batch"] * state.seq_len, "lr": float(lr), "grad_norm": float(norm)}
     state.step += 1
     return record, acc
 
