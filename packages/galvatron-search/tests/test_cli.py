@@ -101,3 +101,28 @@ def test_exit_codes(tmp_path):
     assert r.exit_code == 3
     r = run(["evaluate", cm_path, cm_path])
     assert r.exit_code == 3                                                 # a cost model is not a plan
+
+
+def test_restricting_flags_reach_the_search(tmp_path):
+    found = 0
+    for seed in range(20, 40):
+        cm = cost_model(seed, 1, 8, 4, False, max_dec=3)
+        cm_path = write(tmp_path, f"cm{seed}.json", cm)
+        r = run(["--memory", "64", cm_path, "--global-batch", "16", "--max-pp", "1", "--no-recompute", "--schedule",
+                 "gpipe", "--sharding", "zero3", "--sharding", "zero2", "--no-baselines"])
+        if r.exit_code == 4:
+            assert "no plan" in r.stderr
+            continue
+        assert r.exit_code == 0, r.stderr
+        found += 1
+        plan = json.loads(r.stdout)
+        assert len(plan["stages"]) == 1 and plan["schedule"] == "gpipe"
+        assert all(not s["recompute"] for s in plan["layers"] + [plan["embedding"], plan["head"]])
+        assert all(s["dp_sharding"] in ("zero2", "zero3") for s in plan["layers"])
+        assert plan["search"]["options"]["shardings"] == ["zero3", "zero2"]
+        r = run(["--memory", "64", cm_path, "--global-batch", "16", "--dp-only", "--uniform", "--no-baselines"])
+        assert r.exit_code in (0, 4)
+        if r.exit_code == 0:
+            plan = json.loads(r.stdout)
+            assert all(s["tp"] == 1 for s in plan["layers"]) and len({json.dumps(s) for s in plan["layers"]}) == 1
+    assert found >= 2

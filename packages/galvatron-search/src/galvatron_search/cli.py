@@ -9,6 +9,7 @@ import time
 
 import click
 
+from . import __version__
 from ._contracts.documents import UsageError, exits_cleanly, read_one, write_document
 from .costs import CostTables
 from .document import baselines, plan_document
@@ -27,7 +28,7 @@ class DefaultGroup(click.Group):
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="galvatron-search")
+@click.version_option(__version__, prog_name="galvatron-search")
 def main():
     """Find the fastest hybrid-parallel plan under a memory budget (default command: search)."""
 
