@@ -186,3 +186,22 @@ def test_bad_max_tp_is_a_usage_error():
 
 def test_document_is_deterministic(two_ranks):
     assert json.dumps(_doc(1, 2), sort_keys=True) == json.dumps(two_ranks, sort_keys=True)
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_real_gloo_profiles_end_to_end(ranks):
+    # documents written by galvatron-probe on this 2-core machine (tiny-gpt; committed as data, not imported)
+    from pathlib import Path
+
+    from galvatron_cost._contracts.documents import read_documents, route
+
+    data = Path(__file__).parent / "data"
+    docs = route(read_documents([str(data / f"hardware-gloo-{ranks}.json"), str(data / f"model-gloo-{ranks}.json")]),
+                 ["hardware-profile", "model-profile"])
+    doc = fit(docs["hardware-profile"][0], docs["model-profile"][0])
+    dumps(doc)
+    assert doc["cluster"]["world_size"] == ranks and doc["cluster"]["backend"] == "gloo"
+    probed = [c for c in doc["fits"]["collectives"] if not c["extrapolated"]]
+    assert {c["op"] for c in probed} == {"all_reduce", "all_gather", "reduce_scatter", "all_to_all"}
+    assert all(c["quality"]["points"] >= 2 for c in probed)
+    assert [p["pp"] for p in doc["pipelines"]] == [p for p in (1, 2, 4) if ranks % p == 0]

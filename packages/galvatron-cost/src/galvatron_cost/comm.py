@@ -344,6 +344,7 @@ class CommModel:
     def _p2p_fits(self, hardware_profile: dict, world: int) -> None:
         self.p2p_probed: list[tuple[int, Topology, AlphaBeta, dict]] = []
         self.p2p_exact: dict[Topology, AlphaBeta] = {}
+        self.p2p_by_distance: dict[tuple[Topology, int], tuple[AlphaBeta, dict]] = {}
         for entry in hardware_profile["p2p"]:
             pp = entry["pp_degree"]
             dist = world // pp
@@ -359,6 +360,7 @@ class CommModel:
             topo = next((t for t in topos if t.crosses == entry["crosses_nodes"]), topos[0])
             self.p2p_probed.append((pp, topo, ab, q))
             self.p2p_exact.setdefault(topo, ab)
+            self.p2p_by_distance[(topo, dist)] = (ab, q)
         intra = [ab for _, topo, ab, _ in self.p2p_probed if not topo.crosses]
         cross = [(topo, ab) for _, topo, ab, _ in self.p2p_probed if topo.crosses]
         self.p2p_intra = AlphaBeta(float(np.median([a.alpha_s for a in intra])),
@@ -369,7 +371,10 @@ class CommModel:
         else:
             self.p2p_b_node = self.p2p_a_inter = None
 
-    def p2p(self, topo: Topology, what: str = "") -> tuple[AlphaBeta, bool, str]:
+    def p2p(self, topo: Topology, what: str = "", distance: int | None = None) -> tuple[AlphaBeta, bool, str]:
+        """(alpha-beta, extrapolated, method) of pipeline sends with this topology (pairs `distance` apart)."""
+        if (topo, distance) in self.p2p_by_distance:
+            return self.p2p_by_distance[(topo, distance)][0], False, "probed fit of the same boundary"
         hit = self.p2p_exact.get(topo)
         if hit is not None:
             return hit, False, "probed fit of the same topology"

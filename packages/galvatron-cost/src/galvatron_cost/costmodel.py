@@ -227,7 +227,7 @@ class Builder:
             worst = None
             for off in bounds:
                 topo = p2p_topology(off + np.arange(S), S, G)
-                ab, extrap, method = self.comm.p2p(topo, where)
+                ab, extrap, method = self.comm.p2p(topo, where, S if self.gpn == self.comm.profile_gpn else None)
                 if worst is None or (ab.per_byte_s(), ab.alpha_s) > (worst[0].per_byte_s(), worst[0].alpha_s):
                     worst = (ab, extrap, method, topo)
             p2p_ab = worst
@@ -363,7 +363,8 @@ class Builder:
                 entry = {"pp_degree": pp, "crosses_nodes": topo.crosses, "alpha_s": ab.alpha_s,
                          "bandwidth_gbps": ab.bandwidth_gbps, "extrapolated": extrap, "method": method}
                 if not extrap:
-                    q = next((q for _, t, a, q in self.comm.p2p_probed if t == topo), None)
+                    q = self.comm.p2p_by_distance.get((topo, self.world // pp), (None, None))[1] or next(
+                        (q for _, t, a, q in self.comm.p2p_probed if t == topo), None)
                     if q:
                         entry["quality"] = q
                 p2p_fits.append(entry)
