@@ -190,11 +190,20 @@ def prepare(tables: CostTables, opts: Options, p: int, b: int, B: int, prune: bo
         dec = _prune(dec, trK[:, la], np.concatenate([trK[la, :], trK[la, :] + 2 * p2pK[la][:, None]], axis=1))
         emb = _prune(emb, None, trK[emb.layout, :])
         head = _prune(head, trK[:, head.layout], None)
+    n_cls = 1
+    if cls_map is not None:      # keep the tied classes both ends can take, numbered 0..n-1
+        present = np.intersect1d(emb.cls, head.cls)
+        if not len(present):
+            return None
+        emb = emb.take(np.isin(emb.cls, present))
+        head = head.take(np.isin(head.cls, present))
+        emb.cls, head.cls = np.searchsorted(present, emb.cls), np.searchsorted(present, head.cls)
+        n_cls = len(present)
     active = np.unique(dec.layout)
     L = tables.layers
     lb = (emb.c.min() + L * dec.c.min() + head.c.min() + 2 * (p - 1) * p2pK[active].min()) / p
     return Sub(p=p, b=b, m=m, K=K, pipe=pipe, dec=dec, emb=emb, head=head, trK=trK, p2pK=p2pK, active=active, lb=lb,
-               n_cls=1 if cls_map is None else len(cls_map))
+               n_cls=n_cls)
 
 
 # --- the stage DP --------------------------------------------------------------------------------------------
