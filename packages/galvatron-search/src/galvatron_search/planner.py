@@ -714,6 +714,12 @@ def minimal_budget(tables: CostTables, opts: Options, rel: float = 1e-3) -> floa
     return hi
 
 
+def round_up(x: float, digits: int = 4) -> str:
+    """x rounded up to `digits` significant digits (a budget that is enough, printed short)."""
+    step = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+    return f"{math.ceil(x / step) * step:.{max(0, digits - 1 - math.floor(math.log10(x)))}f}"
+
+
 def require(result: Result, tables: CostTables, opts: Options) -> Result:
     if result.spec is None:
         need = minimal_budget(tables, opts)
@@ -722,5 +728,5 @@ def require(result: Result, tables: CostTables, opts: Options) -> Result:
             raise InfeasibleError(f"no plan in the searched space at {gib:g} GiB per GPU, nor at any budget "
                                   f"(the options exclude every strategy, or the batch cannot be split)")
         raise InfeasibleError(f"no plan fits {gib:g} GiB per GPU; the smallest budget at which one exists is "
-                              f"{math.ceil(need / 2 ** 30 * 100) / 100:.2f} GiB")
+                              f"{round_up(need / 2 ** 30)} GiB")
     return result
