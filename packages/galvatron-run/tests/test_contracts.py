@@ -444,17 +444,40 @@ def _wrong_type(doc):
     return json.dumps(doc)
 
 
-@pytest.mark.parametrize("text, expected", [
-    (lambda doc: json.dumps(doc)[:-1], "line 1 column {n}: malformed JSON (Expecting ',' delimiter)"),
-    (lambda doc: json.dumps({**doc, "kind": "plan"}), "$.kind: expected one of hardware-profile, got 'plan'"),
-    (_missing_world, "$.cluster.world_size: required property missing"),
-    (_wrong_type, "$.settings.repeats: '3' is not of type 'integer'"),
-    (lambda doc: json.dumps({**doc, "schema_version": "3.1"}),
-     "$.schema_version: hardware-profile 3.1 is newer than this reader supports (1.0); upgrade the tool"),
-], ids=["malformed", "wrong-kind", "missing-field", "wrong-type", "newer-major"])
-def test_a_command_exits_3_with_the_path_and_no_traceback(tmp_path, text, expected):
+CASES = {
+    "malformed": (lambda doc: json.dumps(doc)[:-1], "line 1 column {n}: malformed JSON (Expecting ',' delimiter)"),
+    "wrong-kind": (lambda doc: json.dumps({**doc, "kind": "plan"}),
+                   "$.kind: expected one of hardware-profile, got 'plan'"),
+    "missing-field": (_missing_world, "$.cluster.world_size: required property missing"),
+    "wrong-type": (_wrong_type, "$.settings.repeats: '3' is not of type 'integer'"),
+    "newer-major": (lambda doc: json.dumps({**doc, "schema_version": "3.1"}),
+                    "$.schema_version: hardware-profile 3.1 is newer than this reader supports (1.0); "
+                    "upgrade the tool"),
+}
+
+
+@click.command()
+@click.argument("path")
+@D.exits_cleanly
+def read_hw(path):
+    """A tiny reader command."""
+    D.read_one(path, "hardware-profile")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_command_exits_3_with_the_path(tmp_path, case):
+    text, expected = CASES[case]
     hw = tmp_path / "hw.json"
     hw.write_text(text(hardware_profile()))
+    result = runner().invoke(read_hw, [str(hw)])
+    assert (result.exit_code, result.stdout) == (3, "")
+    assert isinstance(result.exception, SystemExit)  # not an uncaught exception (which would print a traceback)
+    assert result.stderr == f"error: {hw}: {expected.format(n=len(hw.read_text()) + 1)}\n"
+
+
+def test_no_traceback_in_a_real_process(tmp_path):
+    hw = tmp_path / "hw.json"
+    hw.write_text(_wrong_type(hardware_profile()))
     script = textwrap.dedent(f"""
         import click
         from {PACKAGE}._contracts.documents import exits_cleanly, read_one
@@ -467,7 +490,6 @@ def test_a_command_exits_3_with_the_path_and_no_traceback(tmp_path, text, expect
 
         main()
     """)
-    done = subprocess.run([sys.executable, "-c", script, str(hw)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 3
-    assert done.stderr == f"error: {hw}: {expected.format(n=len(hw.read_text()) + 1)}\n"
-    assert done.stdout == ""
+    done = subprocess.run([sys.executable, "-c", script, str(hw)], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (3, "")
+    assert done.stderr == f"error: {hw}: $.settings.repeats: '3' is not of type 'integer'\n"
