@@ -41,7 +41,7 @@ def test_fit_from_one_stream_on_stdin_with_explain(profiles):
     assert doc["cluster"]["world_size"] == 2
     err = r.stderr
     assert "collectives: time = alpha + wire bytes / bandwidth" in err
-    assert "decoder/tp2c/ddp" in err and "R2" in err and "fitted" in err
+    assert "decoder/tp2-c/ddp" in err and "R2" in err and "fitted" in err
 
 
 def test_model_check_exit_3(profiles):

@@ -33,7 +33,7 @@ def test_two_ranks_validates_and_enumerates(two_ranks):
     dumps(doc)                                            # finite, schema-valid, semantic checks
     assert [p["pp"] for p in doc["pipelines"]] == [1, 2]
     pipe = doc["pipelines"][0]
-    assert [lay["id"] for lay in pipe["layouts"]] == ["tp1", "tp2c", "tp2c-sp"]
+    assert [lay["id"] for lay in pipe["layouts"]] == ["tp1-c", "tp2-c", "tp2-c-sp"]
     assert len(pipe["transitions"]) == 3 * 2
     # tp1 (dp 2): 3 shardings x 2 recompute for decoder and head, 3 for embedding; tp2 (dp 1): ddp only
     assert len(pipe["strategies"]) == 6 + 3 + 6 + 2 * (2 + 1 + 2)
@@ -43,14 +43,14 @@ def test_two_ranks_validates_and_enumerates(two_ranks):
 
 def test_tensor_parallel_comm_by_hand(two_ranks):
     s, h = 32, 64
-    st = _strategy(two_ranks, 1, "decoder/tp2c/ddp")
+    st = _strategy(two_ranks, 1, "decoder/tp2-c/ddp")
     # two all-reduces of s*h*4 bytes per sample over the intra-node pair: alpha = 2(n-1) a_intra each
     assert st["time"]["forward_comm"]["fixed_s"] == pytest.approx(2 * 2 * L["a_intra"], rel=1e-5)
     assert st["time"]["forward_comm"]["per_sample_s"] == pytest.approx(2 * 1.0 * s * h * 4 / L["bw_intra"], rel=1e-5)
     assert st["time"]["backward_comm"] == st["time"]["forward_comm"]
-    rc = _strategy(two_ranks, 1, "decoder/tp2c/ddp/rc")
+    rc = _strategy(two_ranks, 1, "decoder/tp2-c/ddp/rc")
     assert rc["time"]["backward_comm"]["per_sample_s"] == pytest.approx(2 * st["time"]["forward_comm"]["per_sample_s"])
-    sp = _strategy(two_ranks, 1, "decoder/tp2c-sp/ddp")
+    sp = _strategy(two_ranks, 1, "decoder/tp2-c-sp/ddp")
     # all-gather + reduce-scatter of the same buffer: half the wire bytes of two all-reduces on 2 ranks
     assert sp["time"]["forward_comm"]["per_sample_s"] == pytest.approx(2 * 0.5 * s * h * 4 / L["bw_intra"], rel=1e-5)
     assert sp["memory"]["activation"]["per_sample_bytes"] < st["memory"]["activation"]["per_sample_bytes"]
@@ -58,11 +58,11 @@ def test_tensor_parallel_comm_by_hand(two_ranks):
 
 def test_data_parallel_comm_and_memory_by_hand(two_ranks):
     P = 12 * 64 * 64 + 13 * 64                          # one gpt2 block, h = 64
-    ddp = _strategy(two_ranks, 1, "decoder/tp1/ddp")
+    ddp = _strategy(two_ranks, 1, "decoder/tp1-c/ddp")
     assert ddp["time"]["grad_sync_s"] == pytest.approx(2 * L["a_intra"] + 4 * P / L["bw_intra"], rel=1e-5)
     assert ddp["memory"]["param_bytes"] == 4 * P and ddp["memory"]["grad_bytes"] == 4 * P
     assert ddp["memory"]["optimizer_bytes"] == 8 * P
-    z3 = _strategy(two_ranks, 1, "decoder/tp1/zero3")
+    z3 = _strategy(two_ranks, 1, "decoder/tp1-c/zero3")
     assert z3["time"]["grad_sync_s"] == 0
     # every dim 0 of the block is even: P_d = P / 2; all-gather of 4 P bytes moves half of it
     assert z3["time"]["param_gather_forward_s"] == pytest.approx(L["a_intra"] + 0.5 * 4 * P / L["bw_intra"], rel=1e-5)
@@ -76,8 +76,8 @@ def test_data_parallel_comm_and_memory_by_hand(two_ranks):
 
 def test_recompute_memory(two_ranks):
     s, h = 32, 64
-    full = _strategy(two_ranks, 1, "decoder/tp1/ddp")["memory"]
-    rc = _strategy(two_ranks, 1, "decoder/tp1/ddp/rc")["memory"]
+    full = _strategy(two_ranks, 1, "decoder/tp1-c/ddp")["memory"]
+    rc = _strategy(two_ranks, 1, "decoder/tp1-c/ddp/rc")["memory"]
     assert rc["activation"]["per_sample_bytes"] == s * h * 4 / 2          # only the layer input, b/2 per rank
     extra = rc["workspace"]["per_sample_bytes"] - full["workspace"]["per_sample_bytes"]
     assert extra == pytest.approx(full["activation"]["per_sample_bytes"] - rc["activation"]["per_sample_bytes"])
@@ -85,9 +85,9 @@ def test_recompute_memory(two_ranks):
 
 def test_tied_embeddings(two_ranks):
     h, v = 64, 256
-    head1 = _strategy(two_ranks, 1, "head/tp1/ddp")
+    head1 = _strategy(two_ranks, 1, "head/tp1-c/ddp")
     assert head1["memory"]["param_bytes"] == 4 * 2 * h                     # only the final LayerNorm at pp = 1
-    head2 = _strategy(two_ranks, 2, "head/tp1/ddp")
+    head2 = _strategy(two_ranks, 2, "head/tp1-c/ddp")
     assert head2["memory"]["param_bytes"] == 4 * (2 * h + v * h)            # the last stage's copy at pp = 2
     # its gradient is summed with the first stage's every iteration: a 2-rank all-reduce
     assert head2["time"]["grad_sync_s"] == pytest.approx(2 * L["a_intra"] + 4 * v * h / L["bw_intra"], rel=1e-5)
@@ -96,7 +96,7 @@ def test_tied_embeddings(two_ranks):
 def test_pipeline_p2p(two_ranks):
     pipe = two_ranks["pipelines"][1]
     lay = pipe["layouts"][0]
-    assert (pipe["pp"], pipe["stage_ranks"], lay["id"]) == (2, 1, "tp1")
+    assert (pipe["pp"], pipe["stage_ranks"], lay["id"]) == (2, 1, "tp1-c")
     assert lay["p2p"]["fixed_s"] == pytest.approx(L["p2p_alpha"], rel=1e-5)
     assert lay["p2p"]["per_sample_s"] == pytest.approx(32 * 64 * 4 / L["p2p_intra"], rel=1e-5)
     assert two_ranks["pipelines"][0]["layouts"][0]["p2p"] == {"fixed_s": 0.0, "per_sample_s": 0.0}
@@ -107,14 +107,14 @@ def test_four_ranks_layouts_and_transitions():
     dumps(doc)
     pipe = doc["pipelines"][0]
     ids = [lay["id"] for lay in pipe["layouts"]]
-    assert ids == ["tp1", "tp2c", "tp2c-sp", "tp2s", "tp2s-sp", "tp4c", "tp4c-sp"]
+    assert ids == ["tp1-c", "tp2-c", "tp2-c-sp", "tp2-s", "tp2-s-sp", "tp4-c", "tp4-c-sp"]
     tr = {(t["from"], t["to"]): t for t in pipe["transitions"]}
     assert len(tr) == 7 * 6
-    # tp1 -> tp2c: a batch all-gather of a quarter of the micro-batch forward; free backward
-    t = tr[("tp1", "tp2c")]
+    # tp1 -> tp2-c: a batch all-gather of a quarter of the micro-batch forward; free backward
+    t = tr[("tp1-c", "tp2-c")]
     assert t["forward"]["per_sample_s"] == pytest.approx(0.25 * 32 * 64 * 4 / L["bw_intra"], rel=1e-5)
     assert t["backward"] == {"fixed_s": 0.0, "per_sample_s": 0.0}
-    assert tr[("tp2c", "tp1")]["forward"] == {"fixed_s": 0.0, "per_sample_s": 0.0}
+    assert tr[("tp2-c", "tp1-c")]["forward"] == {"fixed_s": 0.0, "per_sample_s": 0.0}
     # tp4 was not profiled: derived and flagged
     tp4 = [c for c in doc["fits"]["compute"] if c["tp"] == 4]
     assert tp4 and all(c["extrapolated"] for c in tp4)
@@ -136,7 +136,7 @@ def test_two_by_eight_extrapolated_to_128_nodes():
     assert all(not c["extrapolated"] for c in doc["fits"]["collectives"] if "quality" in c)
     # tp8 within a node reuses the probed intra-node fit; the dp group of 128 nodes (one rank each) is the
     # node link shared by 8 groups
-    z = _strategy(doc, 1, "decoder/tp8c/zero3")
+    z = _strategy(doc, 1, "decoder/tp8-c/zero3")
     P_d = z["memory"]["param_bytes"] // 4
     ag = z["time"]["param_gather_forward_s"]
     wire = 127 / 128 * 4 * P_d * 128
@@ -149,7 +149,7 @@ def test_settings_and_model_check():
     hw, mp = synthetic.hardware_profile(1, 2), synthetic.model_profile(TINY, seq_lens=(16, 32))
     doc = fit(hw, mp, seq_len=24, optimizer="sgd", runtime_overhead_bytes=123)
     assert doc["training"] == {"seq_len": 24, "dtype": "fp32", "optimizer": "sgd", "runtime_overhead_bytes": 123}
-    assert _strategy(doc, 1, "decoder/tp1/ddp")["memory"]["optimizer_bytes"] == 0
+    assert _strategy(doc, 1, "decoder/tp1-c/ddp")["memory"]["optimizer_bytes"] == 0
     fit(hw, mp, model=copy.deepcopy(TINY))                # same architecture: fine
     with pytest.raises(DocumentError, match="not the asked 'tiny-llama'"):
         fit(hw, mp, model=PRESETS["tiny-llama"])

@@ -7,11 +7,11 @@ from galvatron_cost.layouts import Layout, coords, enumerate_layouts, gather_nee
 
 def test_enumerate_layouts():
     ids = [lay.id for lay in enumerate_layouts(8, 8)]
-    assert ids == ["tp1", "tp2c", "tp2c-sp", "tp2s", "tp2s-sp", "tp4c", "tp4c-sp", "tp4s", "tp4s-sp", "tp8c",
-                   "tp8c-sp"]
-    assert [lay.id for lay in enumerate_layouts(8, 2)] == ["tp1", "tp2c", "tp2c-sp", "tp2s", "tp2s-sp"]
-    assert [lay.id for lay in enumerate_layouts(4, 8, lambda t: t <= 2)] == ["tp1", "tp2c", "tp2c-sp", "tp2s",
-                                                                             "tp2s-sp"]
+    assert ids == ["tp1-c", "tp2-c", "tp2-c-sp", "tp2-s", "tp2-s-sp", "tp4-c", "tp4-c-sp", "tp4-s", "tp4-s-sp", "tp8-c",
+                   "tp8-c-sp"]
+    assert [lay.id for lay in enumerate_layouts(8, 2)] == ["tp1-c", "tp2-c", "tp2-c-sp", "tp2-s", "tp2-s-sp"]
+    assert [lay.id for lay in enumerate_layouts(4, 8, lambda t: t <= 2)] == ["tp1-c", "tp2-c", "tp2-c-sp", "tp2-s",
+                                                                             "tp2-s-sp"]
     assert all(lay.tp * lay.dp == 8 for lay in enumerate_layouts(8, 8))
 
 

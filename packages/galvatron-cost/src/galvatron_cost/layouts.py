@@ -31,9 +31,8 @@ class Layout:
 
     @property
     def id(self) -> str:
-        if self.tp == 1:
-            return "tp1"
-        return f"tp{self.tp}{'c' if self.tp_layout == 'consecutive' else 's'}{'-sp' if self.sp else ''}"
+        """tp{tp}-{c|s}[-sp], e.g. tp1-c, tp2-s-sp."""
+        return f"tp{self.tp}-{self.tp_layout[0]}{'-sp' if self.sp else ''}"
 
 
 def enumerate_layouts(stage_ranks: int, max_tp: int, tp_allowed=lambda t: True) -> list[Layout]:
