@@ -6,6 +6,13 @@ from .document import strategy_name, summary
 GIB = 2 ** 30
 
 
+def _unit(doc: dict) -> tuple[float, str]:
+    """GiB, or MiB for plans whose stages hold under 1 GiB."""
+    pred = doc.get("predictions")
+    small = pred and max(s["memory_bytes_per_rank"]["total"] for s in pred["stages"]) < GIB
+    return (2 ** 20, "MiB") if small else (GIB, "GiB")
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -15,6 +22,7 @@ def _table(rows: list[list[str]]) -> str:
 
 def explain(doc: dict) -> str:
     pred = doc.get("predictions")
+    unit, uname = _unit(doc)
     out = []
     if pred:
         out.append(f"plan: {summary(doc)}")
@@ -25,18 +33,19 @@ def explain(doc: dict) -> str:
         out.append(f"search: {search['time_s']:.3f} s, {search['candidates_evaluated']} candidates, budget "
                    f"{search['memory_budget_bytes'] / GIB:.2f} GiB")
         if search.get("baselines") and pred:
-            rows = [["plan", "feasible", "batch", "samples/s", "plan / it", "GiB/rank", "summary"]]
+            rows = [["plan", "feasible", "batch", "samples/s", "plan / it", f"{uname}/rank", "summary"]]
             for b in search["baselines"]:
                 if b["feasible"]:
                     rows.append([b["name"], "yes", str(b["global_batch"]), f"{b['samples_per_s']:.2f}",
                                  f"{pred['samples_per_s'] / b['samples_per_s']:.2f}x",
-                                 f"{b['memory_bytes_per_rank'] / GIB:.1f}", b.get("summary", "")])
+                                 f"{b['memory_bytes_per_rank'] / unit:.1f}", b.get("summary", "")])
                 else:
                     rows.append([b["name"], "no", "-", "-", "-", "-", b.get("description", "")])
             rows.append(["search", "yes", str(doc["global_batch"]), f"{pred['samples_per_s']:.2f}", "1.00x",
-                         f"{max(s['memory_bytes_per_rank']['total'] for s in pred['stages']) / GIB:.1f}", ""])
+                         f"{max(s['memory_bytes_per_rank']['total'] for s in pred['stages']) / unit:.1f}", ""])
             out.append(_table(rows))
-    rows = [["stage", "ranks", "layers", "strategies", "fwd ms", "bwd ms", "GiB/rank", "states", "acts", "workspace"]]
+    rows = [["stage", "ranks", "layers", "strategies", "fwd ms", "bwd ms", f"{uname}/rank", "states", "acts",
+             "workspace"]]
     for k, st in enumerate(doc["stages"]):
         names = []
         for s in doc["layers"][st["layer_start"]:st["layer_end"]]:
@@ -54,9 +63,9 @@ def explain(doc: dict) -> str:
         if pred:
             ps = pred["stages"][k]
             mem = ps["memory_bytes_per_rank"]
-            row += [f"{ps['forward_s'] * 1e3:.1f}", f"{ps['backward_s'] * 1e3:.1f}", f"{mem['total'] / GIB:.2f}",
-                    f"{(mem['params'] + mem['grads'] + mem['optimizer']) / GIB:.2f}",
-                    f"{mem['activations'] / GIB:.2f}", f"{mem['workspace'] / GIB:.2f}"]
+            row += [f"{ps['forward_s'] * 1e3:.1f}", f"{ps['backward_s'] * 1e3:.1f}", f"{mem['total'] / unit:.2f}",
+                    f"{(mem['params'] + mem['grads'] + mem['optimizer']) / unit:.2f}",
+                    f"{mem['activations'] / unit:.2f}", f"{mem['workspace'] / unit:.2f}"]
         else:
             row += ["-"] * 6
         rows.append(row)
