@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -377,7 +378,7 @@ def device_info(device) -> dict:
 
 
 # Dense bf16 tensor-core peak (vendor datasheets); unknown devices get null.
-_PEAKS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
+_PEAKS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
 
 
 def peak_tflops(name: str) -> float | None:
@@ -394,7 +395,7 @@ def bandwidth_worker(opts: BandwidthOptions) -> dict | None:
     t_start = time.perf_counter()
     d = init_distributed(opts.backend, opts.timeout_s, opts.ranks_per_node)
     try:
-        threads = set_threads(int(__import__("os").environ.get("LOCAL_WORLD_SIZE", d.world)))
+        threads = set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))
         sweep = resolve(opts, d.world, d.ranks_per_node, d.device.type == "cuda")
         timer = Timer(d.device, opts.timeout_s)
         n_points = len(sweep.sizes) * (sum(len(layouts_for(d.world, n)) for n in sweep.group_sizes) * len(OPS)
