@@ -36,17 +36,16 @@ def probe_bandwidth(nproc: int | None = None, **options) -> dict | None:
     world, local, launch = _world(nproc)
     if nproc == 1:
         launch = False
+    resolve_bandwidth(opts, world, opts.ranks_per_node or local, cuda=opts.backend == "nccl")  # before torch loads
     backend = opts.backend or default_backend()
-    resolve_bandwidth(opts, world, opts.ranks_per_node or local, cuda=backend == "nccl")  # fail before work
+    resolve_bandwidth(opts, world, opts.ranks_per_node or local, cuda=backend == "nccl")
     opts.backend = backend
     return run_ranks(bandwidth_worker, world, (opts,)) if launch else bandwidth_worker(opts)
 
 
 def probe_compute(model: str | dict, nproc: int | None = None, **options) -> dict | None:
     """model-profile of ``model`` (preset name, config.json path or spec dict). Options: see ComputeOptions."""
-    import torch
-
     opts = ComputeOptions(model=model, **options)
     world, _, launch = _world(nproc)
-    resolve_compute(opts, cuda=torch.cuda.is_available())  # fail before work
+    resolve_compute(opts, cuda=False)  # fail before any work, before torch loads (cuda only changes defaults)
     return run_ranks(compute_worker, world, (opts,)) if launch else compute_worker(opts)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from . import __version__
 from ._contracts.documents import UsageError, producer
 from ._contracts.models import load_model_spec
-from .layers import LAYER_KINDS, tp_problems
+from .shapes import LAYER_KINDS, tp_problems
 from .progress import Progress
 from .stats import timing_stats
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LAYER_KINDS = ("decoder", "embedding", "head")
+from .shapes import LAYER_KINDS, tp_problems  # noqa: F401  (re-exported)
 
 
 class RMSNorm(nn.Module):
@@ -233,15 +233,3 @@ def param_split(spec: dict, layer: str, t: int) -> tuple[int, int]:
     total = sum(p.numel() for p in base.values())
     replicated = sum(p.numel() for n, p in base.items() if wide[n].numel() == p.numel())
     return total, replicated
-
-
-def tp_problems(spec: dict, layer: str, t: int) -> list[str]:
-    """Why a degree-t shard of ``layer`` cannot exist (empty when it can)."""
-    if t < 1:
-        return [f"tp {t}: expected a positive degree"]
-    if layer == "decoder":
-        checks = [("heads", spec["heads"]), ("kv_heads", spec["kv_heads"]), ("ffn_hidden", spec["ffn_hidden"])]
-    else:
-        checks = [("vocab_size", spec["vocab_size"])]
-    return [f"tp {t} does not divide {name} ({value}) of {spec['name']}" for name, value in checks if value % t]
-
