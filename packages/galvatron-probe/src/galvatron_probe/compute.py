@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from . import __version__
 from ._contracts.documents import UsageError, producer
 from ._contracts.models import load_model_spec
-from .shapes import LAYER_KINDS, tp_problems
 from .progress import Progress
+from .shapes import LAYER_KINDS, tp_problems
 from .stats import timing_stats
 
 DTYPES = ("fp32", "bf16")
