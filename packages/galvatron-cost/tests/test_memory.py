@@ -48,7 +48,8 @@ def test_zero_states_fp32_adamw_by_hand():
 def test_zero_states_bf16_mixed_precision_by_hand():
     P, P_d = 1000, 250
     ddp = model_states(P, P_d, "ddp", "bf16", "adamw")
-    assert (ddp["param_bytes"], ddp["grad_bytes"], ddp["optimizer_bytes"]) == (6000, 4000, 8000)
+    assert (ddp["param_bytes"], ddp["grad_bytes"], ddp["optimizer_bytes"]) == (4000, 4000, 8000)
+    assert ddp["workspace_bytes"] == 2 * P + 2 * P + 4 * P   # autocast weight copies, bf16 grads, fp32 cast
     z2 = model_states(P, P_d, "zero2", "bf16", "adamw")
     # sharded fp32 master 4P/d + unsharded bf16 copy 2P; fp32 sharded grads and states: 2P + 16P/d in all
     assert z2["param_bytes"] + z2["grad_bytes"] + z2["optimizer_bytes"] == 2 * P + 16 * P_d

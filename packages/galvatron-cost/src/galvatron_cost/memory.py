@@ -6,13 +6,15 @@ ceil(dim0 / d) * (numel / dim0): FSDP2 shards every tensor on dim 0 and pads dim
 AdamW holds 2 fp32 states per parameter (8 B), plain SGD none. Gradients are reduced in fp32.
 
     sharding  param_bytes              grad_bytes   optimizer_bytes   workspace (transient, fixed part)
-    ddp       4P (+ 2P bf16 copy)      4P           8P                e*P fresh grads (+ 4P fp32 cast in bf16)
+    ddp       4P                       4P           8P                e*P fresh grads (bf16: + 2P autocast weight
+                                                                      copies + 4P fp32 cast of the grads)
     zero2     4P_d + e*P (unsharded,   4P_d         8P_d              e*P fresh grads (+ 4P fp32 copy for the
               kept fwd -> bwd)                                        reduce-scatter in bf16)
     zero3     4P_d                     4P_d         8P_d              e*P gathered params + the zero2 terms
 
-fp32 mode has no separate low-precision copy in ddp; in zero2 the unsharded copy is the all-gather's output (e*P,
-e = 4). With d == 1 the sharded variants equal ddp and are not emitted.
+ddp layers are plain modules whose fp32 weights autocast casts per forward (bf16 mode); FSDP2 units hold the
+sharded fp32 master and gather into an unsharded copy in the compute dtype (zero2 keeps it from forward to
+backward, zero3 frees it after each). With d == 1 the sharded variants equal ddp and are not emitted.
 
 Activations (per sample per rank, from the model-profile's measured split at that TP degree):
 ``tp_divided + tp_replicated / (tp if sp else 1)``, of the full layer or, under recompute, of what the profile says
@@ -75,8 +77,8 @@ def model_states(P: int, P_d: int, sharding: str, dtype: str, optimizer: str) ->
     bf16 = dtype != "fp32"
     fresh_grads = e * P + (4 * P if bf16 else 0)          # unsharded grad in compute dtype (+ its fp32 cast)
     if sharding == "ddp":
-        return {"param_bytes": 4 * P + (e * P if bf16 else 0), "grad_bytes": 4 * P, "optimizer_bytes": states * P,
-                "workspace_bytes": fresh_grads}
+        return {"param_bytes": 4 * P, "grad_bytes": 4 * P, "optimizer_bytes": states * P,
+                "workspace_bytes": fresh_grads + (e * P if bf16 else 0)}
     if sharding == "zero2":
         return {"param_bytes": 4 * P_d + e * P, "grad_bytes": 4 * P_d, "optimizer_bytes": states * P_d,
                 "workspace_bytes": fresh_grads}
