@@ -1,0 +1,449 @@
+"""The planner checked against reality: predicted vs measured iteration time and peak memory of many plans.
+
+    python integration_tests/bench/accuracy.py                          # in `tox -e bench` (all four packages)
+    python integration_tests/bench/accuracy.py --nproc 4 --model mini-gpt --steps 12 --out /tmp/acc
+    python integration_tests/bench/accuracy.py --profiles /tmp/acc --plans ddp,zero3   # reuse a profile, 2 plans
+
+Every step is one of the four tools' command lines, as a user types it:
+1. profile this machine once, the way the plans will run (``--nproc`` ranks at once, OMP_NUM_THREADS=1 each, so
+   contention of ranks sharing cores is in the numbers): ``galvatron-probe bandwidth`` (messages up to the model's
+   gradient buffer) and ``galvatron-probe compute`` (tp 1..nproc, micro-batch sizes 1, 2, 4, 8);
+2. fit one cost model (``galvatron-cost fit``, defaults: no constant is tuned to these plans);
+3. write the plans: hand-written plan documents (pure dp, zero2/zero3, tp with and without sp, recompute, pp with
+   1f1b and gpipe and uneven stages, mixed per-layer strategies, several micro-batch counts) whose predictions come
+   from ``galvatron-search evaluate``, and the plans ``galvatron-search`` finds under a budget where pure data
+   parallelism does not fit, with the best baselines re-created by its restricting flags;
+4. run each with ``galvatron-run PLAN --nproc N --steps S`` and read the run-report.
+
+Prints one row per plan (predicted and measured iteration time and peak memory per rank, their ratios), the
+aggregate errors against the targets of issue 8, the memory accounting of the worst plans, and the measured
+throughput of the searched plan against the best baseline that fits. Exits 1 when a target is missed or a plan
+fails to run. Targets: median |time error| <= 10 %, 90th percentile <= 20 %, Spearman rank correlation of
+predicted vs measured throughput >= 0.8, peak memory within 10 % and never under-predicted by more than 5 %.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+GIB = 2 ** 30
+MIB = 2 ** 20
+TARGETS = {"median_time_error": 0.10, "p90_time_error": 0.20, "spearman": 0.8, "memory_error": 0.10,
+           "memory_under": 0.05}
+
+
+# --- the tools, as command lines ----------------------------------------------------------------------------------
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def tool(module: str, *args, log: Path | None = None, check: bool = True, timeout: float | None = None):
+    """``python -m galvatron_<x> ARGS``; stderr goes to ``log`` (or passes through). Returns the CompletedProcess."""
+    cmd = [sys.executable, "-m", module, *map(str, args)]
+    shown = "galvatron-" + module.split("_", 1)[1] + " " + " ".join(map(str, args))
+    print(f"$ {shown}", file=sys.stderr, flush=True)
+    with open(log, "w") if log else open(os.devnull, "w") as err:
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err if log else None, text=True, env=child_env(),
+                              timeout=timeout)
+    if check and done.returncode != 0:
+        tail = log.read_text()[-3000:] if log else ""
+        raise RuntimeError(f"`{shown}` failed with exit code {done.returncode}\n{tail}")
+    return done
+
+
+def load(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def header(title: str) -> str:
+    la = os.getloadavg()
+    return (f"{title} -- {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, load average "
+            f"{la[0]:.2f} {la[1]:.2f} {la[2]:.2f} (1/5/15 min), {os.cpu_count()} cores")
+
+
+# --- profile and fit ---------------------------------------------------------------------------------------------
+
+def profile(out: Path, model: str, nproc: int) -> tuple[Path, Path]:
+    """hardware-profile and model-profile of this machine, taken with ``nproc`` ranks at once."""
+    from galvatron_search._contracts.models import load_model_spec, param_count
+
+    hw, mp = out / "hw.json", out / "mp.json"
+    grad_bytes = 4 * param_count(load_model_spec(model))
+    max_bytes = 1 << max(20, (grad_bytes - 1).bit_length())          # the gradient buffer, rounded up
+    t0 = time.perf_counter()
+    tool("galvatron_probe", "bandwidth", "--nproc", nproc, "--max-bytes", max_bytes, "--no-progress", "-o", hw,
+         log=out / "logs" / "bandwidth.log")
+    t1 = time.perf_counter()
+    tps = ",".join(str(t) for t in (1, 2, 4, 8, 16) if t <= nproc)
+    tool("galvatron_probe", "compute", "--model", model, "--nproc", nproc, "--tp", tps, "--micro-batch-sizes",
+         "1,2,4,8", "--no-progress", "-o", mp, log=out / "logs" / "compute.log")
+    print(f"profiled: bandwidth {t1 - t0:.0f} s, compute {time.perf_counter() - t1:.0f} s", file=sys.stderr)
+    return hw, mp
+
+
+# --- plans ---------------------------------------------------------------------------------------------------------
+
+def S(tp: int = 1, sharding: str = "ddp", *, sp: bool = False, layout: str = "consecutive", rc: bool = False) -> dict:
+    """One layer's strategy; dp is filled in from the stage size."""
+    return {"tp": tp, "tp_layout": layout, "sp": sp, "dp_sharding": sharding, "recompute": rc}
+
+
+def build_plan(template: dict, *, bounds: list[int], layers: list[dict], emb: dict, head: dict, micro_batches: int,
+               schedule: str = "1f1b") -> dict:
+    """A plan document by hand (the rank convention of CONVENTIONS.md), on the template's model and cluster."""
+    from galvatron_search._contracts.ranks import rank_groups, stage_ranks
+
+    world = template["cluster"]["world_size"]
+    pp = len(bounds) - 1
+    size = world // pp
+    fill = [{**s, "dp": size // s["tp"]} for s in layers]
+    emb, head = {**emb, "dp": size // emb["tp"]}, {**head, "dp": size // head["tp"]}
+    stages = []
+    for k in range(pp):
+        ranks = stage_ranks(world, pp, k)
+        used = fill[bounds[k]:bounds[k + 1]] + ([emb] if k == 0 else []) + ([head] if k == pp - 1 else [])
+        layouts = []
+        for tp, lay in sorted({(s["tp"], s["tp_layout"]) for s in used}):
+            tg, dg = rank_groups(ranks, tp, lay)
+            layouts.append({"tp": tp, "tp_layout": lay, "dp": size // tp, "tp_groups": tg, "dp_groups": dg})
+        stages.append({"index": k, "ranks": ranks, "layer_start": bounds[k], "layer_end": bounds[k + 1],
+                       "layouts": layouts})
+    B = template["global_batch"]
+    return {"kind": "plan", "schema_version": "1.0", "producer": {"name": "accuracy-bench", "version": "1.0"},
+            "model": template["model"], "cluster": template["cluster"], "training": template["training"],
+            "global_batch": B, "micro_batch_size": B // micro_batches, "micro_batches": micro_batches,
+            "schedule": schedule, "stages": stages, "layers": fill, "embedding": emb, "head": head}
+
+
+def hand_plans(template: dict, nproc: int) -> dict[str, dict]:
+    """The hand-written plans: every strategy dimension at least once (for a world of 4 and 6 layers; smaller
+    worlds or models get the subset that fits)."""
+    L = template["model"]["layers"]
+    B = template["global_batch"]
+    even = [0, L]
+    P: dict[str, dict] = {}
+
+    def add(name, **kw):
+        kw.setdefault("bounds", even)
+        kw.setdefault("micro_batches", 1)
+        pp = len(kw["bounds"]) - 1
+        size = nproc // pp if nproc % pp == 0 else 0
+        if not size or B % kw["micro_batches"]:
+            return
+        b = B // kw["micro_batches"]
+        strategies = kw["layers"] + [kw["emb"], kw["head"]]
+        if any(size % s["tp"] or b % (size // s["tp"]) for s in strategies):
+            return
+        if kw.get("schedule", "1f1b") == "1f1b" and kw["micro_batches"] < pp:
+            return
+        P[name] = build_plan(template, **kw)
+
+    t1, tmax = S(1), S(nproc)
+    half = L // 2
+    add("ddp", layers=[S(1)] * L, emb=t1, head=t1)
+    add("ddp m4", layers=[S(1)] * L, emb=t1, head=t1, micro_batches=4)
+    add("ddp recompute", layers=[S(1, rc=True)] * L, emb=t1, head=t1)
+    add("zero2 m2", layers=[S(1, "zero2")] * L, emb=S(1, "zero2"), head=S(1, "zero2"), micro_batches=2)
+    add("zero3", layers=[S(1, "zero3")] * L, emb=S(1, "zero3"), head=S(1, "zero3"))
+    add("tp2 dp2", layers=[S(2)] * L, emb=S(2), head=S(2))
+    add("tp2 sp strided", layers=[S(2, sp=True, layout="strided")] * L, emb=t1, head=t1)
+    add(f"tp{nproc} sp", layers=[S(nproc, sp=True)] * L, emb=tmax, head=tmax)
+    add(f"tp{nproc} sp recompute m2", layers=[S(nproc, sp=True, rc=True)] * L, emb=tmax, head=tmax, micro_batches=2)
+    add("pp2 1f1b m4", bounds=[0, half, L], layers=[S(1)] * L, emb=t1, head=t1, micro_batches=4)
+    add("pp2 gpipe m4 uneven", bounds=[0, max(1, half - 1), L], layers=[S(1)] * L, emb=t1, head=t1,
+        micro_batches=4, schedule="gpipe")
+    if L >= 4:
+        add("pp4 1f1b m8 uneven", bounds=[0, 1, half, L - 1, L], layers=[S(1)] * L, emb=t1, head=t1,
+            micro_batches=8)
+    add("mixed tp2sp|zero3 m2", layers=[S(2, sp=True, layout="strided")] * half + [S(1, "zero3")] * (L - half),
+        emb=t1, head=t1, micro_batches=2)
+    add(f"mixed tp{nproc}rc|ddp", layers=[S(nproc, sp=True, rc=(i % 2 == 0)) if i < half else S(1)
+                                          for i in range(L)], emb=t1, head=t1)
+    add("pp2 mixed 1f1b m4", bounds=[0, half, L],
+        layers=[S(2, sp=True)] * half + [S(1, "zero3", rc=True)] + [S(1)] * (L - half - 1),
+        emb=S(2), head=t1, micro_batches=4)
+    return P
+
+
+def evaluate(plan: dict, cm: Path, path: Path) -> dict:
+    """Write the plan and attach the predictions of ``galvatron-search evaluate``."""
+    path.write_text(json.dumps(plan, indent=1))
+    tool("galvatron_search", "evaluate", path, cm, "-o", path, log=path.with_suffix(".log"))
+    return load(path)
+
+
+def search(cm: Path, out: Path, memory_gib: float, global_batch: int, *flags) -> dict:
+    tool("galvatron_search", cm, "--memory", f"{memory_gib:.6g}", "--global-batch", global_batch, *flags, "-o", out,
+         log=out.with_suffix(".log"))
+    return load(out)
+
+
+def smallest_budget(cm: Path, out: Path, global_batch: int, *flags) -> float:
+    """The least budget (GiB) at which the restricted search finds a plan (what its exit-4 message names)."""
+    done = tool("galvatron_search", cm, "--memory", "1e-9", "--global-batch", global_batch, *flags,
+                "--no-baselines", "-o", out / "infeasible.json", log=out / "logs" / "infeasible.log", check=False)
+    text = (out / "logs" / "infeasible.log").read_text()
+    found = re.search(r"smallest budget at which one exists is ([0-9.eE+-]+) GiB", text)
+    if done.returncode != 4 or not found:
+        raise RuntimeError(f"could not learn the least budget of {' '.join(flags)}:\n{text[-2000:]}")
+    return float(found.group(1))
+
+
+# baselines the search reports, re-created with its restricting flags (tp-node has no flag for an exact tp)
+BASELINE_FLAGS = {
+    "ddp": ["--uniform", "--dp-only", "--max-pp", "1", "--sharding", "ddp"],
+    "zero3": ["--uniform", "--dp-only", "--max-pp", "1", "--sharding", "zero3"],
+    "uniform-3d": ["--uniform"],
+}
+
+
+def summary_of(plan: dict) -> str:
+    """Strategy summary (pp, per-stage layer strategies, b, m, schedule) comparable across producers."""
+    parts = []
+    for st in plan["stages"]:
+        ls = plan["layers"][st["layer_start"]:st["layer_end"]]
+        parts.append("/".join(f"tp{s['tp']}{s['tp_layout'][0]}{'+sp' if s['sp'] else ''} dp{s['dp']} "
+                              f"{s['dp_sharding']}{' rc' if s['recompute'] else ''}" for s in ls))
+    return (f"pp{len(plan['stages'])} m{plan['micro_batches']} {plan['schedule']} emb tp{plan['embedding']['tp']} "
+            f"{plan['embedding']['dp_sharding']} head tp{plan['head']['tp']} {plan['head']['dp_sharding']} | "
+            + " || ".join(parts))
+
+
+# --- running and measuring ------------------------------------------------------------------------------------------
+
+def run(plan_path: Path, nproc: int, steps: int, warmup: int) -> dict:
+    report = plan_path.with_suffix(".report.json")
+    tool("galvatron_run", plan_path, "--nproc", nproc, "--steps", steps, "--warmup-steps", warmup, "--report", report,
+         "--timeout", 120, log=plan_path.with_suffix(".run.log"), timeout=900)
+    return load(report)
+
+
+def row(name: str, plan: dict, report: dict) -> dict:
+    pred = plan["predictions"]
+    comp = report["comparison"]
+    mem = []
+    for st in pred["stages"]:
+        ranks = [r for r in report["memory"]["ranks"] if r["stage"] == st["index"]]
+        worst = max(ranks, key=lambda r: r["peak_bytes"])
+        mem.append({"stage": st["index"], "pred": st["memory_bytes_per_rank"]["total"], "meas": worst["peak_bytes"],
+                    "pred_parts": st["memory_bytes_per_rank"], "meas_parts": {**worst["accounting"],
+                                                                              "baseline": worst["baseline_bytes"]}})
+    worst_stage = max(mem, key=lambda m: abs(m["pred"] / m["meas"] - 1))
+    spread = report["throughput"]["iteration_time_spread_s"]
+    return {"name": name, "summary": summary_of(plan), "t_pred": pred["iteration_time_s"],
+            "t_meas": comp["iteration_time"]["measured"], "t_p25": spread["p25_s"], "t_p75": spread["p75_s"],
+            "thr_pred": pred["samples_per_s"], "thr_meas": report["throughput"]["samples_per_s"],
+            "mem": mem, "mem_pred": worst_stage["pred"], "mem_meas": worst_stage["meas"],
+            "mem_stage": worst_stage["stage"], "breakdown": pred.get("breakdown", {}),
+            "mem_under": max(0.0, max(m["meas"] / m["pred"] - 1 for m in mem))}
+
+
+def ranks_of(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties averaged."""
+    order = np.argsort(x, kind="mergesort")
+    r = np.empty(len(x))
+    r[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        tie = x == v
+        r[tie] = r[tie].mean()
+    return r
+
+
+def spearman(a, b) -> float:
+    ra, rb = ranks_of(np.asarray(a, float)), ranks_of(np.asarray(b, float))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
+    return float((ra * rb).sum() / den) if den > 0 else float("nan")
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| plan | pred s | meas s (p25-p75) | meas/pred | pred MiB | meas MiB | meas/pred | stage | strategy |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['name']} | {r['t_pred']:.3f} | {r['t_meas']:.3f} ({r['t_p25']:.3f}-{r['t_p75']:.3f}) | "
+                   f"{r['t_meas'] / r['t_pred']:.2f} | {r['mem_pred'] / MIB:.1f} | {r['mem_meas'] / MIB:.1f} | "
+                   f"{r['mem_meas'] / r['mem_pred']:.2f} | {r['mem_stage']} | {r['summary']} |")
+    return "\n".join(out)
+
+
+def memory_table(rows: list[dict]) -> str:
+    """Predicted vs measured components (MiB) of the worst stage of each plan: where the memory model misses."""
+    out = ["| plan | stage | params p/m | grads p/m | optimizer p/m | activations+workspace p / saved m | "
+           "pred total | peak | peak - (states + saved) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = next(x for x in r["mem"] if x["stage"] == r["mem_stage"])
+        p, q = m["pred_parts"], m["meas_parts"]
+        states = q["param_bytes"] + q["grad_bytes"] + q["optimizer_bytes"]
+        out.append(f"| {r['name']} | {m['stage']} | {p['params'] / MIB:.2f}/{q['param_bytes'] / MIB:.2f} | "
+                   f"{p['grads'] / MIB:.2f}/{q['grad_bytes'] / MIB:.2f} | "
+                   f"{p['optimizer'] / MIB:.2f}/{q['optimizer_bytes'] / MIB:.2f} | "
+                   f"{(p['activations'] + p['workspace']) / MIB:.2f} / {q['activation_bytes'] / MIB:.2f} | "
+                   f"{p['total'] / MIB:.2f} | {m['meas'] / MIB:.2f} | "
+                   f"{(m['meas'] - states - q['activation_bytes']) / MIB:.2f} |")
+    return "\n".join(out)
+
+
+def time_table(rows: list[dict]) -> str:
+    """The predicted breakdown beside the measured time: where the time model misses."""
+    keys = ["forward_compute_s", "backward_compute_s", "tp_communication_s", "zero_communication_exposed_s",
+            "layout_transitions_s", "pipeline_p2p_s", "pipeline_bubble_s", "grad_sync_exposed_s"]
+    short = ["fwd", "bwd", "tp comm", "zero comm", "transitions", "p2p", "bubble", "grad sync"]
+    out = ["| plan | meas s | pred s | meas - pred s | " + " | ".join(short) + " |",
+           "|---|---|---|---|" + "---|" * len(keys)]
+    for r in rows:
+        b = r["breakdown"]
+        out.append(f"| {r['name']} | {r['t_meas']:.3f} | {r['t_pred']:.3f} | {r['t_meas'] - r['t_pred']:+.3f} | "
+                   + " | ".join(f"{b.get(k, 0.0):.3f}" for k in keys) + " |")
+    return "\n".join(out)
+
+
+def verdicts(rows: list[dict]) -> tuple[list[tuple[str, float, str, bool]], list[str]]:
+    t_err = np.array([abs(r["t_pred"] / r["t_meas"] - 1) for r in rows])
+    m_err = np.array([r["mem_pred"] / r["mem_meas"] - 1 for r in rows])
+    under = max(r["mem_under"] for r in rows)
+    rho = spearman([r["thr_pred"] for r in rows], [r["thr_meas"] for r in rows])
+    med, p90 = float(np.median(t_err)), float(np.percentile(t_err, 90))
+    out = [("median |time error|", med, f"<= {TARGETS['median_time_error']:.0%}", med <= TARGETS["median_time_error"]),
+           ("p90 |time error|", p90, f"<= {TARGETS['p90_time_error']:.0%}", p90 <= TARGETS["p90_time_error"]),
+           ("Spearman(pred, meas throughput)", rho, f">= {TARGETS['spearman']}", rho >= TARGETS["spearman"]),
+           ("max |memory error|", float(np.abs(m_err).max()), f"<= {TARGETS['memory_error']:.0%}",
+            float(np.abs(m_err).max()) <= TARGETS["memory_error"]),
+           ("worst memory under-prediction (meas/pred - 1)", under, f"<= {TARGETS['memory_under']:.0%}",
+            under <= TARGETS["memory_under"])]
+    missed = [name for name, _, _, ok in out if not ok]
+    return out, missed
+
+
+# --- main ------------------------------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nproc", type=int, default=4)
+    ap.add_argument("--model", default="mini-gpt")
+    ap.add_argument("--global-batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=10, help="Optimizer steps per plan (default 10).")
+    ap.add_argument("--warmup-steps", type=int, default=3, help="Steps excluded from the median (default 3).")
+    ap.add_argument("--out", default=None, help="Directory for every document and log (default: a temp dir).")
+    ap.add_argument("--profiles", help="Reuse hw.json and mp.json from this directory instead of profiling.")
+    ap.add_argument("--plans", help="Comma-separated plan names to run (default all; 'search' = the plan quality "
+                                    "part).")
+    ap.add_argument("--no-quality", action="store_true", help="Skip the plan-quality part (searched vs baseline).")
+    args = ap.parse_args(argv)
+    import tempfile
+
+    out = Path(args.out or tempfile.mkdtemp(prefix="accuracy-"))
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    (out / "plans").mkdir(exist_ok=True)
+    print(header(f"accuracy: {args.model}, {args.nproc} ranks, global batch {args.global_batch}, "
+                 f"{args.steps} steps ({args.warmup_steps} warm-up)"))
+    print(f"documents and logs: {out}")
+    t_start = time.perf_counter()
+    if args.profiles:
+        hw, mp = Path(args.profiles) / "hw.json", Path(args.profiles) / "mp.json"
+    else:
+        hw, mp = profile(out, args.model, args.nproc)
+    cm = out / "cm.json"
+    tool("galvatron_cost", "fit", hw, mp, "-o", cm, log=out / "logs" / "fit.log")
+    t_profiled = time.perf_counter()
+    B = args.global_batch
+    # the template and the loosest pure-dp plan (also the starting point of the budget choice)
+    template = search(cm, out / "plans" / "template.json", 64.0, B, *BASELINE_FLAGS["ddp"], "--no-baselines")
+    plans = {name: evaluate(p, cm, out / "plans" / f"{re.sub(r'[^A-Za-z0-9]+', '-', name)}.json")
+             for name, p in hand_plans(template, args.nproc).items()}
+    quality = None
+    if not args.no_quality:
+        ddp_least = smallest_budget(cm, out, B, *BASELINE_FLAGS["ddp"])
+        budget = 0.9 * ddp_least
+        searched = search(cm, out / "plans" / "searched.json", budget, B)
+        quality = {"budget_gib": budget, "ddp_least_gib": ddp_least, "baselines": []}
+        plans["searched"] = searched
+        for b in searched["search"]["baselines"]:
+            if not b["feasible"] or b["name"] not in BASELINE_FLAGS:
+                quality["baselines"].append({**b, "run": False})
+                continue
+            p = search(cm, out / "plans" / f"baseline-{b['name']}.json", budget, B, *BASELINE_FLAGS[b["name"]],
+                       "--no-baselines")
+            same = summary_of(p) == summary_of(searched)
+            quality["baselines"].append({**b, "run": True, "plan_name": "searched" if same else f"baseline {b['name']}"})
+            if not same:
+                plans[f"baseline {b['name']}"] = p
+    if args.plans:
+        keep = set(args.plans.split(","))
+        plans = {k: v for k, v in plans.items() if k in keep or (k.startswith("baseline") and "search" in keep)}
+    rows, failed = [], []
+    for name, plan in plans.items():
+        path = out / "plans" / f"{re.sub(r'[^A-Za-z0-9]+', '-', name)}.json"
+        path.write_text(json.dumps(plan, indent=1))
+        t0 = time.perf_counter()
+        try:
+            report = run(path, args.nproc, args.steps, args.warmup_steps)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            print(f"FAILED {name}: {e}", file=sys.stderr)
+            failed.append(name)
+            continue
+        rows.append(row(name, plan, report))
+        r = rows[-1]
+        print(f"  {name}: pred {r['t_pred']:.3f} s, meas {r['t_meas']:.3f} s; memory pred "
+              f"{r['mem_pred'] / MIB:.1f} MiB, meas {r['mem_meas'] / MIB:.1f} MiB ({time.perf_counter() - t0:.0f} s)",
+              file=sys.stderr, flush=True)
+    print(f"\nprofile + fit {t_profiled - t_start:.0f} s; {len(rows)} plans run in "
+          f"{time.perf_counter() - t_profiled:.0f} s\n")
+    print(table(rows))
+    print("\nPredicted time breakdown (s) beside the measured iteration time:\n")
+    print(time_table(rows))
+    print("\nMemory per rank (MiB) of each plan's worst stage, predicted (p) vs the runtime's accounting (m):\n")
+    print(memory_table(rows))
+    missed = list(f"plan failed to run: {n}" for n in failed)
+    if len(rows) >= 3:
+        results, miss = verdicts(rows)
+        missed += miss
+        print("\n| target | value | goal | |\n|---|---|---|---|")
+        for name, v, goal, ok in results:
+            print(f"| {name} | {v:.3f} | {goal} | {'PASS' if ok else 'MISS'} |")
+    if quality is not None:
+        by = {r["name"]: r for r in rows}
+        print(f"\nPlan quality: budget {quality['budget_gib'] * 1024:.1f} MiB per rank (0.9 x the least pure ddp needs, "
+              f"{quality['ddp_least_gib'] * 1024:.1f} MiB)")
+        print("| plan | feasible | pred samples/s | meas samples/s | searched / this, measured |\n|---|---|---|---|---|")
+        s = by.get("searched")
+        if s:
+            print(f"| searched: {s['summary']} | yes | {s['thr_pred']:.2f} | {s['thr_meas']:.2f} | 1.00 |")
+        best = None
+        for b in quality["baselines"]:
+            r = by.get(b.get("plan_name", ""))
+            if r is None:
+                feas = "yes (not re-created)" if b["feasible"] else "no"
+                pred = f"{b['samples_per_s']:.2f}" if b["feasible"] else "-"
+                print(f"| baseline {b['name']} | {feas} | {pred} | - | - |")
+                continue
+            ratio = s["thr_meas"] / r["thr_meas"] if s else float("nan")
+            print(f"| baseline {b['name']}: {r['summary']} | yes | {r['thr_pred']:.2f} | {r['thr_meas']:.2f} | "
+                  f"{ratio:.2f} |")
+            if best is None or r["thr_meas"] > best[1]["thr_meas"]:
+                best = (b["name"], r)
+        if s and best:
+            print(f"measured: searched plan {s['thr_meas']:.2f} samples/s vs best baseline that fits "
+                  f"({best[0]}) {best[1]['thr_meas']:.2f} samples/s: {s['thr_meas'] / best[1]['thr_meas']:.2f}x "
+                  f"(predicted {s['thr_pred'] / best[1]['thr_pred']:.2f}x)")
+    (out / "accuracy.json").write_text(json.dumps({"rows": rows, "failed": failed, "quality": quality}, indent=1))
+    print("\n" + header(f"done in {time.perf_counter() - t_start:.0f} s"))
+    if missed:
+        print(f"MISSED: {'; '.join(missed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
