@@ -205,3 +205,12 @@ def test_real_gloo_profiles_end_to_end(ranks):
     assert {c["op"] for c in probed} == {"all_reduce", "all_gather", "reduce_scatter", "all_to_all"}
     assert all(c["quality"]["points"] >= 2 for c in probed)
     assert [p["pp"] for p in doc["pipelines"]] == [p for p in (1, 2, 4) if ranks % p == 0]
+
+
+def test_single_rank_profile():
+    hw, mp = synthetic.hardware_profile(1, 1), synthetic.model_profile(TINY, tp_degrees=(1,))
+    doc = fit(hw, mp)
+    dumps(doc)
+    assert [(p["pp"], len(p["strategies"])) for p in doc["pipelines"]] == [(1, 5)]    # tp1 ddp, rc on/off
+    with pytest.raises(DocumentError, match="no intra-node group"):
+        fit(hw, mp, gpus_per_node=2)                   # several ranks per node from one rank per node
