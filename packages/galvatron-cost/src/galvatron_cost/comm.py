@@ -13,8 +13,9 @@ slow repeat), alpha >= 0 and bandwidth > 0.
 
 A group is described by its *topology* on the cluster: ``n`` ranks over ``nodes`` nodes, at most ``per_node`` of
 them on one node, and ``sharing`` groups of the same layout communicating through one node at once (training runs
-every group of a layout together). A target group whose topology equals a probed one reuses that fit. Any other
-group is extrapolated by the hierarchical model, two links derived from the probed fits:
+every group of a layout together). A target group whose topology equals a probed one reuses that fit (inside a
+node the group size alone decides: no shared inter-node link). Any other group is extrapolated by the hierarchical
+model, two links derived from the probed fits:
 
 - intra-node link, per op: the bus bandwidth of the probed intra-node fit of the nearest group size, and a
   per-step latency ``a_intra = alpha / steps(n)`` (steps: 2(n-1) for all_reduce, n-1 otherwise, as in a ring);
