@@ -179,9 +179,11 @@ def test_disagreeing_inputs_exit_3(case, match):
     assert err.value.exit_code == 3
 
 
-def test_bad_max_tp_is_a_usage_error():
+def test_bad_settings_are_usage_errors():
     with pytest.raises(UsageError):
         _doc(1, 2, max_tp=3)
+    with pytest.raises(UsageError, match="max_seq_len 64"):
+        _doc(1, 2, seq_len=128)
 
 
 def test_document_is_deterministic(two_ranks):

@@ -76,6 +76,8 @@ class Builder:
         self.e = DTYPE_BYTES[self.dtype]
         self._index_profile()
         self.seq = int(seq_len or max(settings["seq_lens"]))
+        if self.seq > self.spec["max_seq_len"]:
+            raise UsageError(f"--seq-len {self.seq} exceeds the model's max_seq_len {self.spec['max_seq_len']}")
         self._check_seq()
         self.comm = CommModel(hw, HW)
         self._compute_fits()
