@@ -3,9 +3,8 @@ and bf16 training on a learnable task."""
 from __future__ import annotations
 
 import pytest
-
-from harness import assert_matches_reference, launch, result
 from dist_worker import Pattern
+from harness import assert_matches_reference, launch, result
 from plans import S, make_plan
 from reference import reference_run
 
@@ -54,7 +53,8 @@ def test_bf16_trains_and_tracks_fp32(out):
     plan = case["plan"]
     got, _ = result(out, "bf16_learn")
     losses = got["losses"]
-    ref, _, _ = reference_run(plan, case["steps"], data=Pattern(256, plan["training"]["seq_len"], plan["global_batch"], 7))
+    data = Pattern(256, plan["training"]["seq_len"], plan["global_batch"], 7)
+    ref, _, _ = reference_run(plan, case["steps"], data=data)
     assert losses[-1] < 0.75 * losses[0], losses                        # it learns the repeating pattern
     worst = max(abs(a - b) / b for a, b in zip(losses, ref, strict=True))
     assert worst <= 2e-2, f"bf16 drifts {worst:.3f} from the fp32 reference"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from harness import assert_matches_reference, launch, result
 from plans import S, make_plan
 from reference import reference_run

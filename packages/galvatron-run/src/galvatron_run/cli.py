@@ -15,7 +15,7 @@ import click
 from . import __version__
 from ._contracts.documents import UsageError, exits_cleanly, read_one
 from ._contracts.models import load_model_spec
-from .plan import check_plan, uniform_plan
+from .plan import check_plan, prepared_plan, uniform_plan
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -76,7 +76,6 @@ def main(plan_path, nproc, steps, warmup_steps, dtype, seq_len, report_path, pea
                             seq_len=seq_len, dtype=dtype or "fp32", schedule=schedule, version=__version__)
     else:
         plan = read_one(plan_path, "plan")
-    from .runner import prepared_plan
     check_plan(prepared_plan(plan, dtype=dtype, seq_len=seq_len), world_size, plan_path or "global plan")
     if nproc is not None and "RANK" not in os.environ:
         args = _without_nproc(sys.argv[1:])

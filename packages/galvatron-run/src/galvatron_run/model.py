@@ -93,7 +93,8 @@ class MLP(nn.Module):
         if self.gpt2:
             self.fc, self.proj = nn.Linear(h, f), nn.Linear(f, h)
         else:
-            self.gate, self.up, self.down = nn.Linear(h, f, bias=False), nn.Linear(h, f, bias=False), nn.Linear(f, h, bias=False)
+            self.gate, self.up = nn.Linear(h, f, bias=False), nn.Linear(h, f, bias=False)
+            self.down = nn.Linear(f, h, bias=False)
 
     def forward(self, x):
         if self.gpt2:

@@ -22,11 +22,9 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Replicate, Shard
-from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
-                                               parallelize_module)
+from torch.distributed.tensor.parallel import ColwiseParallel, PrepareModuleInput, RowwiseParallel, parallelize_module
 
 from .plan import Layout, groups
-
 
 # --- groups -----------------------------------------------------------------------------------------------------
 
@@ -236,7 +234,8 @@ def apply_tp(unit: Unit, env: Env, family: str, seq_len: int) -> None:
     seq = Shard(1) if lay.sp else Replicate()
     mod = unit.module
     if unit.prefix == "embedding.":
-        parallelize_module(mod, tp_mesh, {"tok": _quiet(RowwiseParallel(input_layouts=Replicate(), output_layouts=seq))})
+        style = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq)
+        parallelize_module(mod, tp_mesh, {"tok": _quiet(style)})
         if lay.sp:
             mod.seq_offset = lay.coords(env.j)[0] * (seq_len // lay.tp)
             if mod.pos is not None:

@@ -10,6 +10,7 @@ index j: consecutive -> tp_rank = j % tp, dp_rank = j // tp; strided -> tp_rank 
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from ._contracts.documents import DocumentError, InfeasibleError, producer
@@ -27,7 +28,7 @@ class Layout:
     dp: int
 
     @classmethod
-    def of(cls, strategy: dict) -> "Layout":
+    def of(cls, strategy: dict) -> Layout:
         layout = "consecutive" if strategy["tp"] == 1 or strategy["dp"] == 1 else strategy["tp_layout"]
         return cls(strategy["tp"], layout, bool(strategy["sp"]) and strategy["tp"] > 1, strategy["dp"])
 
@@ -216,3 +217,13 @@ def uniform_plan(spec: dict, world_size: int, *, tp: int = 1, pp: int = 1, dp_mo
             "global_batch": global_batch, "micro_batch_size": global_batch // micro_batches,
             "micro_batches": micro_batches, "schedule": schedule, "stages": stages,
             "layers": [dict(strategy) for _ in range(n)], "embedding": dict(ends), "head": dict(ends)}
+
+
+def prepared_plan(plan: dict, *, dtype: str | None, seq_len: int | None) -> dict:
+    """The plan with the command line's overrides applied (the report cites the plan as given)."""
+    out = copy.deepcopy(plan)
+    if dtype:
+        out["training"]["dtype"] = dtype
+    if seq_len:
+        out["training"]["seq_len"] = seq_len
+    return out

@@ -5,19 +5,18 @@
 ``run_rank(plan, ..., make_data=..., callback=...)`` is the seam for data sources and checkpointing."""
 from __future__ import annotations
 
-import copy
 import os
 import platform
 import socket
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Callable
 
 import torch
 import torch.distributed as dist
 
 from ._contracts.documents import write_document
 from .data import make_data_source
-from .plan import check_plan
+from .plan import check_plan, prepared_plan
 from .report import build_report
 from .train import build_state, log, train
 
@@ -33,16 +32,6 @@ def _device_info(device: torch.device) -> dict:
         props = torch.cuda.get_device_properties(device)
         return {"type": "cuda", "name": props.name, "memory_bytes": int(props.total_memory)}
     return {"type": "cpu", "name": platform.processor() or platform.machine() or "cpu"}
-
-
-def prepared_plan(plan: dict, *, dtype: str | None, seq_len: int | None) -> dict:
-    """The plan with the command line's overrides applied (the report cites the plan as given)."""
-    out = copy.deepcopy(plan)
-    if dtype:
-        out["training"]["dtype"] = dtype
-    if seq_len:
-        out["training"]["seq_len"] = seq_len
-    return out
 
 
 def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int, dtype: str | None,

@@ -13,8 +13,8 @@ import contextlib
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -22,8 +22,19 @@ from torch import nn
 
 from .measure import PeakMemory, SavedTensors, tensor_bytes
 from .model import Decoder, ce_loss_sum, initial_value
-from .parallel import (Env, Unit, apply_fsdp, apply_tp, clip_grads, local, make_env, move, sync_grads,
-                       vocab_parallel_ce_sum, wrap_root)
+from .parallel import (
+    Env,
+    Unit,
+    apply_fsdp,
+    apply_tp,
+    clip_grads,
+    local,
+    make_env,
+    move,
+    sync_grads,
+    vocab_parallel_ce_sum,
+    wrap_root,
+)
 from .plan import Layout
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
