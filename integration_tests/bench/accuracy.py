@@ -376,7 +376,8 @@ def main(argv=None) -> int:
             p = search(cm, out / "plans" / f"baseline-{b['name']}.json", budget, B, *BASELINE_FLAGS[b["name"]],
                        "--no-baselines")
             same = summary_of(p) == summary_of(searched)
-            quality["baselines"].append({**b, "run": True, "plan_name": "searched" if same else f"baseline {b['name']}"})
+            name = "searched" if same else f"baseline {b['name']}"
+            quality["baselines"].append({**b, "run": True, "plan_name": name})
             if not same:
                 plans[f"baseline {b['name']}"] = p
     if args.plans:
@@ -414,9 +415,10 @@ def main(argv=None) -> int:
             print(f"| {name} | {v:.3f} | {goal} | {'PASS' if ok else 'MISS'} |")
     if quality is not None:
         by = {r["name"]: r for r in rows}
-        print(f"\nPlan quality: budget {quality['budget_gib'] * 1024:.1f} MiB per rank (0.9 x the least pure ddp needs, "
-              f"{quality['ddp_least_gib'] * 1024:.1f} MiB)")
-        print("| plan | feasible | pred samples/s | meas samples/s | searched / this, measured |\n|---|---|---|---|---|")
+        print(f"\nPlan quality: budget {quality['budget_gib'] * 1024:.1f} MiB per rank (0.9 x the least pure ddp "
+              f"needs, {quality['ddp_least_gib'] * 1024:.1f} MiB)")
+        print("| plan | feasible | pred samples/s | meas samples/s | searched / this, measured |\n"
+              "|---|---|---|---|---|")
         s = by.get("searched")
         if s:
             print(f"| searched: {s['summary']} | yes | {s['thr_pred']:.2f} | {s['thr_meas']:.2f} | 1.00 |")

@@ -86,7 +86,7 @@ def worker(args) -> None:
     B, T = args.global_batch, args.seq_len or spec["max_seq_len"]
     g = torch.Generator().manual_seed(1234)
     times = []
-    for step in range(args.steps):
+    for _ in range(args.steps):
         tokens = torch.randint(0, spec["vocab_size"], (B, T + 1), generator=g)
         mine = tokens[rank * B // world:(rank + 1) * B // world]
         x, y = mine[:, :-1], mine[:, 1:]
