@@ -24,24 +24,24 @@ def instances(draw):
     nodes = 1 if gpn == 8 else draw(st.sampled_from([1, 2]))
     cm = cost_model(draw(st.integers(0, 10 ** 6)), nodes, gpn, layers, draw(st.booleans()),
                     max_dec=3 if layers <= 4 else 2, max_ends=2)
-    return cm, draw(st.floats(1.0, 8.0)), draw(st.sampled_from([4, 8, 16]))
+    return cm, draw(st.floats(1.0, 8.0)), draw(st.sampled_from([4, 8, 16])), draw(st.sampled_from([16, 64, 256]))
 
 
 @settings(max_examples=40, **SETTINGS)
 @given(instances())
 def test_search_equals_brute_force(inst):
-    cm, gib, B = inst
+    cm, gib, B, buckets = inst
     validate(cm, "synthetic", "cost-model")
-    best, spec, count = brute_force(cm, gib * GIB, B)
+    best, spec, count = brute_force(cm, gib * GIB, B, buckets)
     assert count > 0
     tables = CostTables(cm)
-    result, _ = run_search(tables, Options(memory_bytes=gib * GIB, global_batch=B))
+    result, _ = run_search(tables, Options(memory_bytes=gib * GIB, global_batch=B, buckets=buckets))
     if not math.isfinite(best):
         assert result.spec is None
         return
     assert result.spec is not None, f"brute force found {best} s, the search nothing"
     assert math.isclose(result.T, best, rel_tol=1e-9), (result.T, best, spec)
-    check = evaluate_spec(tables, result.spec, gib * GIB, 256)
+    check = evaluate_spec(tables, result.spec, gib * GIB, buckets)
     assert check["fits"] and math.isclose(check["iteration_time_s"], best, rel_tol=1e-9)
 
 
