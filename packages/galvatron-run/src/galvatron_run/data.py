@@ -41,6 +41,7 @@ import torch
 
 from ._contracts.documents import DocumentError, UsageError
 
+CORPUS = Path(__file__).parent / "corpus" / "english.txt"  # shipped byte-level corpus (public domain, see NOTICE)
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 TOKEN_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32}
 DEFAULT_VAL_FRACTION = 0.1
