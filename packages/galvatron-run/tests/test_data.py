@@ -277,3 +277,14 @@ def test_bad_data_exits_3_without_a_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3
     assert "gone.txt: no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_shipped_corpus_trains_as_text():
+    from galvatron_run.data import CORPUS
+    assert CORPUS.is_file(), "corpus/english.txt is missing: is 'corpus/*.txt' in the package data?"
+    raw = CORPUS.read_bytes()
+    assert len(raw) > 150_000 and max(raw) < 128  # plain ASCII English, well inside a byte vocabulary
+    src = make_data_source(str(CORPUS), vocab_size=256, seq_len=64, global_batch=4, seed=0)
+    assert src.kind == "text" and src.num_validation_batches > 0
+    text = bytes(src.batch(0)[0][0].tolist()).decode("ascii")
+    assert text in raw.decode("ascii")
