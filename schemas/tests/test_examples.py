@@ -185,3 +185,25 @@ def test_cost_model_examples_cite_their_inputs_and_cover_every_layer_kind():
     assert plan["search"]["cost_model_sha256"] == digest(cost)
     report = valid("run-report")
     assert report["plan"]["sha256"] == digest(plan)
+
+
+# --- reader policy over every valid example ---------------------------------------------------------------------
+
+DOCUMENTS = [p for p in VALID if p.parts[-4] != "model-spec"]
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=name)
+def test_every_example_as_a_newer_minor_with_new_fields_is_read_with_a_warning(path, capsys):
+    from contracts.documents import validate
+
+    doc = json.loads(path.read_text())
+    doc["schema_version"] = "1.9"
+    doc["added_in_1_9"] = {"x": 1}
+    doc["producer"]["build"] = "abc"
+    if "model" in doc:
+        doc["model"]["attention_bias"] = False  # inside the $ref'd model spec too
+    assert validate(doc, path.name) is doc
+    assert f"warning: {path.name}: {doc['kind']} 1.9 is newer than the newest known 1.0" in capsys.readouterr().err
+    doc["schema_version"] = "2.0"
+    with pytest.raises(DocumentError, match=r"is newer than this reader supports \(1.0\)"):
+        validate(doc, path.name)
