@@ -51,8 +51,10 @@ def test_tensor_parallel_comm_by_hand(two_ranks):
     rc = _strategy(two_ranks, 1, "decoder/tp2-c/ddp/rc")
     assert rc["time"]["backward_comm"]["per_sample_s"] == pytest.approx(2 * st["time"]["forward_comm"]["per_sample_s"])
     sp = _strategy(two_ranks, 1, "decoder/tp2-c-sp/ddp")
-    # all-gather + reduce-scatter of the same buffer: half the wire bytes of two all-reduces on 2 ranks
-    assert sp["time"]["forward_comm"]["per_sample_s"] == pytest.approx(2 * 0.5 * s * h * 4 / L["bw_intra"], rel=1e-5)
+    # each all-reduce becomes all-gather + reduce-scatter of the same buffer: (n-1)/n + (n-1)/n = 2(n-1)/n wire
+    assert sp["time"]["forward_comm"]["per_sample_s"] == pytest.approx(2 * (0.5 + 0.5) * s * h * 4 / L["bw_intra"],
+                                                                       rel=1e-5)
+    assert sp["time"]["forward_comm"]["fixed_s"] == pytest.approx(4 * 1 * L["a_intra"], rel=1e-5)   # 4 x (n-1) steps
     assert sp["memory"]["activation"]["per_sample_bytes"] < st["memory"]["activation"]["per_sample_bytes"]
 
 

@@ -292,7 +292,10 @@ class Builder:
         if t == 1:
             fcomm = bcomm = zero
         elif layer == "decoder":
-            fcomm = _add(tpop("all_gather"), tpop("reduce_scatter")) if sp else tpop("all_reduce", count=2)
+            # Megatron: 2 all-reduces (after attention, after the MLP); with sp each becomes a reduce-scatter and
+            # the next block's all-gather: 2 + 2 of the same buffer, the same wire bytes, twice the latencies
+            fcomm = (_add(tpop("all_gather", count=2), tpop("reduce_scatter", count=2)) if sp
+                     else tpop("all_reduce", count=2))
             bcomm = fcomm
         elif layer == "embedding":
             fcomm = tpop("reduce_scatter") if sp else tpop("all_reduce")
