@@ -73,6 +73,10 @@ def test_activation_split_tp_and_sp():
     assert activation_per_sample(split, tp=2, sp=True, dp=1) == 1400      # replicated part / tp under sp
     assert activation_per_sample(split, tp=2, sp=True, dp=4) == 350       # b/4 samples per rank
     assert derive_split({"tp_divided": 1200, "tp_replicated": 400}, 4) == {"tp_divided": 300, "tp_replicated": 400}
+    # 100 of the replicated bytes are a linear's sequence-gathered input: whole under sp
+    assert activation_per_sample(split, tp=2, sp=True, dp=1, gathered=100) == 1200 + 300 / 2 + 100
+    assert activation_per_sample(split, tp=2, sp=False, dp=1, gathered=100) == 1600
+    assert activation_per_sample(split, tp=1, sp=True, dp=1, gathered=100) == 1600
 
 
 def test_megatron_closed_form_activations_through_the_split():

@@ -35,10 +35,10 @@ def test_more_sharding_never_increases_per_rank_bytes(shapes, d, more, dtype, op
 
 
 @given(div=st.integers(0, 10**9), rep=st.integers(0, 10**9), tp=st.sampled_from([1, 2, 4, 8]),
-       dp=st.integers(1, 64))
-def test_sequence_parallel_and_dp_never_increase_activations(div, rep, tp, dp):
+       dp=st.integers(1, 64), gathered=st.integers(0, 10**9))
+def test_sequence_parallel_and_dp_never_increase_activations(div, rep, tp, dp, gathered):
     split = {"tp_divided": div, "tp_replicated": rep}
-    assert activation_per_sample(split, tp, True, dp) <= activation_per_sample(split, tp, False, dp)
+    assert activation_per_sample(split, tp, True, dp, gathered) <= activation_per_sample(split, tp, False, dp)
     assert activation_per_sample(split, tp, False, dp * 2) <= activation_per_sample(split, tp, False, dp)
 
 

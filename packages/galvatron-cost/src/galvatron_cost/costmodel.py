@@ -27,6 +27,7 @@ SHARDINGS = ("ddp", "zero2", "zero3")
 ARCH_KEYS = ("family", "layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab_size", "max_seq_len",
              "tied_embeddings")
 HW, MP = "hardware-profile", "model-profile"
+GATHERED_INPUTS = {"decoder": 2, "embedding": 0, "head": 1}   # sequence-gathered inputs saved whole under sp
 
 
 def _lin(fixed: float, per_sample: float) -> dict:
@@ -338,11 +339,12 @@ class Builder:
             sync += alpha + wire_factor("all_reduce", 2) * 4 * tied_n * per_byte
         states = model_states(P, P_d, sharding, self.dtype, self.optimizer)
         full = self.split(layer, t, False)
-        kept = self.split(layer, t, True) if rc else full
-        act = activation_per_sample(kept, t, sp, d)
+        gathered = GATHERED_INPUTS[layer] * s * h * e       # saved whole under sp (see memory.py)
+        act = activation_per_sample(self.split(layer, t, True), t, sp, d) if rc else \
+            activation_per_sample(full, t, sp, d, gathered)
         ws = self.workspace_per_sample(layer, t) / d
         if rc:
-            ws += max(activation_per_sample(full, t, sp, d) - act, 0.0)
+            ws += max(activation_per_sample(full, t, sp, d, gathered) - act, 0.0)
         sid = f"{layer}/{lay.id}/{sharding}{'/rc' if rc else ''}"
         return {
             "id": sid, "layer": layer, "layout": lay.id, "dp_sharding": sharding, "recompute": rc,

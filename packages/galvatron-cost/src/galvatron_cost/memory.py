@@ -18,9 +18,11 @@ backward, zero3 frees it after each). With d == 1 the sharded variants equal ddp
 
 Activations (per sample per rank, from the model-profile's measured split at that TP degree):
 ``tp_divided + tp_replicated / (tp if sp else 1)``, of the full layer or, under recompute, of what the profile says
-stays saved; divided by d (each rank runs b/d samples). A TP degree the profile lacks is derived from tp=1:
-``tp_divided/t + tp_replicated``. Recompute adds one layer's full activations to the workspace (the recomputed
-forward lives until that layer's backward ends).
+stays saved; divided by d (each rank runs b/d samples). Under sp the runtime (torch SequenceParallel with
+PrepareModuleInput) gathers the sequence before the column-parallel linears, which save the gathered input: those
+bytes stay whole (a decoder's attention and MLP inputs, 2 s h e per sample; the head's input, s h e). A TP
+degree the profile lacks is derived from tp=1: ``tp_divided/t + tp_replicated``. Recompute adds one layer's full
+activations to the workspace (the recomputed forward lives until that layer's backward ends).
 """
 from __future__ import annotations
 
@@ -88,9 +90,15 @@ def model_states(P: int, P_d: int, sharding: str, dtype: str, optimizer: str) ->
     raise ValueError(sharding)
 
 
-def activation_per_sample(split: dict, tp: int, sp: bool, dp: int) -> float:
-    """Bytes per sample of the micro-batch (all replicas) on one rank: (divided + replicated / (tp if sp)) / dp."""
-    return (split["tp_divided"] + split["tp_replicated"] / (tp if sp else 1)) / dp
+def activation_per_sample(split: dict, tp: int, sp: bool, dp: int, gathered: float = 0.0) -> float:
+    """Bytes per sample of the micro-batch (all replicas) on one rank: (divided + replicated / (tp if sp)) / dp.
+
+    `gathered`: bytes of the replicated part that stay whole under sp because the column-parallel linears save
+    the sequence-gathered input (torch's PrepareModuleInput / ColwiseParallel; Megatron re-gathers instead)."""
+    if not sp or tp == 1:
+        return (split["tp_divided"] + split["tp_replicated"]) / dp
+    whole = min(gathered, split["tp_replicated"])
+    return (split["tp_divided"] + (split["tp_replicated"] - whole) / tp + whole) / dp
 
 
 def derive_split(split_tp1: dict, tp: int) -> dict:
