@@ -9,9 +9,10 @@ For a fixed global batch B, every (pp, micro-batch size b, schedule) is one sub-
    state = (entry layout e, workspace cap w, layout of the last layer, memory units used) -> least stage cost.
    One step adds one decoder layer: min over the previous layout (+ layout change) then over strategies of the
    new layout (shift by the strategy's memory units). The embedding starts stage 0 and the head ends the last
-   stage inside the same DP (its choice is a state, never a re-run). Memory is quantised per stage into U
-   buckets of (budget - overhead - cap_w) / U, each layer rounded up, so the DP costs O(U), not O(budget).
-   The workspace is a max, not a sum: the DP runs for every cap w at once (strategies above the cap excluded).
+   stage inside the same DP (its choice is a state, never a re-run). Memory is counted in U units of
+   (budget - overhead) / U, each layer rounded up, so the DP costs O(U), not O(budget). The workspace is a max,
+   not a sum: every distinct workspace size w (in units) is a slice of the state, holding only strategies whose
+   workspace is at most w and leaving U - w units for the layers.
    After n layers it records R_i[n, e, x], the least stage cost with n decoder layers, entry e and exit x.
 3. Partition DP: H_i[k, x] = min over n, e of max(H_{i-1}[k - n, e], R_i[n, e, x]) (the iteration time is the
    largest stage cost c_i = K t_i + x_i).
