@@ -104,18 +104,19 @@ def _is_comm_failure(err: BaseException) -> bool:
 
 
 def describe_failure(phase: str, elapsed_s: float, timeout_s: float | None, err: BaseException | str,
-                     rank: int | None = None) -> str:
+                     rank: int | None = None, cause: str | None = None) -> str:
     """One clear paragraph: which rank, which phase, which collective, what the backend said, what to look at."""
     rank = _rank() if rank is None else rank
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     text = text.split("] ", 1)[-1] if text.startswith("[") else text  # drop the backend's source location
     lower = text.lower()
-    if "closed by peer" in lower or "connection reset" in lower or "broken pipe" in lower:
-        cause = "a peer rank exited (crashed or was killed): see its log"
-    elif "timed out" in lower or "timeout" in lower:
-        cause = "another rank did not join in time (it hangs, is far behind, or died): see the other ranks' logs"
-    else:
-        cause = "the collective failed"
+    if cause is None:
+        if "closed by peer" in lower or "connection reset" in lower or "broken pipe" in lower:
+            cause = "a peer rank exited (crashed or was killed): see its log"
+        elif "timed out" in lower or "timeout" in lower:
+            cause = "another rank did not join in time (it hangs, is far behind, or died): see the other ranks' logs"
+        else:
+            cause = "the collective failed"
     limit = f" (collective timeout {timeout_s:g} s)" if timeout_s else ""
     op = pending_collective()
     return (f"rank {rank}: {cause}; during '{phase}' after {elapsed_s:.1f} s{limit}"
@@ -132,15 +133,18 @@ class Watchdog:
     """Names what this rank is doing (``with watchdog.phase(name)``) and turns failures in it into clear errors.
 
     A communication error raised inside a phase becomes CollectiveError. A phase running longer than its timeout
-    (``timeout_s``; None for none) is reported by a background thread, which then calls ``on_timeout(message)``:
-    by default it prints the message and every thread's stack to stderr and ends the process with status 1."""
+    (``timeout_s``, normally the collective timeout; None for none) plus ``grace_s`` (default: a quarter of it, at
+    least 5 s, so that the backend's own timeout, which names the collective, fires first) is reported by a
+    background thread, which then calls ``on_timeout(message)``: by default it prints the message and every
+    thread's stack to stderr and ends the process with status 1."""
 
     def __init__(self, timeout_s: float | None = DEFAULT_COLLECTIVE_TIMEOUT_S, *, rank: int | None = None,
-                 on_timeout=None, poll_s: float | None = None):
+                 on_timeout=None, poll_s: float | None = None, grace_s: float | None = None):
         self.timeout_s, self.rank = timeout_s, rank
+        self.grace_s = grace_s if grace_s is not None else max(5.0, 0.25 * (timeout_s or 0.0))
         self.on_timeout = on_timeout or self._exit
         self.poll_s = poll_s if poll_s is not None else min(1.0, (timeout_s or 10.0) / 10)
-        self._stack: list[tuple[str, float, float | None]] = []
+        self._stack: list[list] = []  # [name, start, collective limit, deadline] per open phase, innermost last
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
@@ -150,7 +154,7 @@ class Watchdog:
     def phase(self, name: str, timeout_s: float | None = ...):
         """Run the block as the named phase; ``timeout_s`` overrides the watchdog's (None: no deadline)."""
         limit = self.timeout_s if timeout_s is ... else timeout_s
-        entry = (name, time.monotonic(), limit)
+        entry = [name, time.monotonic(), limit, None if limit is None else limit + self.grace_s]
         with self._lock:
             self._stack.append(entry)
         self._start()
@@ -180,11 +184,12 @@ class Watchdog:
         while not self._closed.wait(self.poll_s):
             now = time.monotonic()
             with self._lock:
-                late = [(n, now - t0, lim) for n, t0, lim in self._stack if lim is not None and now - t0 > lim]
+                late = [(n, now - t0, d) for n, t0, _, d in self._stack if d is not None and now - t0 > d]
             if late and self.fired is None:
-                name, elapsed, limit = late[0]
-                self.fired = describe_failure(name, elapsed, limit, "watchdog: this phase did not finish in time "
-                                              "(this rank hangs, or waits on a rank that does)", self.rank)
+                name, elapsed, deadline = late[0]
+                self.fired = describe_failure(
+                    name, elapsed, None, f"watchdog: the phase did not finish within {deadline:g} s", self.rank,
+                    cause="this rank is stuck (in its own work, or waiting on a rank that is)")
                 self.on_timeout(self.fired)
 
     def _exit(self, message: str) -> None:
