@@ -366,19 +366,26 @@ def test_import_refuses_foreign_files(run, tmp_path):
         ck.import_model(tmp_path / "junk.pt", [Tiny()])
 
 
-def test_command_line_verify_and_list(run, tmp_path):
-    out, _ = run
+def test_command_line_verify_list_export(run, tmp_path, capsys):
+    out, r = run
+
+    def main(*argv):
+        with pytest.raises(SystemExit) as e:
+            ck._main(list(argv))
+        return e.value.code, capsys.readouterr()
+
     root = copy_ckpt(out, tmp_path)
+    code, io = main("verify", str(root / "step-3"))
+    assert code == 0 and "complete and undamaged (step 3" in io.out
     (root / "step-3" / "train_state.json").write_text("{}")
-    env = dict(os.environ, PYTHONPATH=PKG_ROOT)
-    cmd = [sys.executable, "-m", "galvatron_run.checkpoint"]
-    opts = dict(env=env, capture_output=True, text=True, timeout=120)
-    verify = subprocess.run(cmd + ["verify", str(root / "step-3")], **opts)
-    assert verify.returncode == 3 and "train_state.json" in verify.stderr and "Traceback" not in verify.stderr
-    listing = subprocess.run(cmd + ["list", str(out / "ckpt_keep")], **opts)
-    assert listing.returncode == 0
-    rows = [line.split()[:3] for line in listing.stdout.splitlines()]
-    assert rows == [["step", "13", str(out / "ckpt_keep/step-13")], ["*", "step", "14"]]
+    code, io = main("verify", str(root / "step-3"))
+    assert code == 3 and "train_state.json" in io.err and io.err.startswith("error: ")
+    code, io = main("list", str(out / "ckpt_keep"))
+    rows = [line.split()[:3] for line in io.out.splitlines()]
+    assert code == 0 and rows == [["step", "13", str(out / "ckpt_keep/step-13")], ["*", "step", "14"]]
+    code, io = main("export", str(out / "ckpt" / "step-3"), str(tmp_path / "m.pt"))
+    assert code == 0 and f"{len(r['full3'])} tensors" in io.err
+    assert_same(torch.load(tmp_path / "m.pt", weights_only=True), r["full3"])
 
 
 if __name__ == "__main__" and "--worker" in sys.argv:
