@@ -125,6 +125,7 @@ class Sub:
     p2pK: np.ndarray                  # K * one p2p send, per layout
     active: np.ndarray                # decoder layouts in use
     lb: float
+    L: int = 0
     n_cls: int = 1
     counters: dict = field(default_factory=dict)
 
@@ -204,7 +205,7 @@ def prepare(tables: CostTables, opts: Options, p: int, b: int, B: int, prune: bo
     L = tables.layers
     lb = (emb.c.min() + L * dec.c.min() + head.c.min() + 2 * (p - 1) * p2pK[active].min()) / p
     return Sub(p=p, b=b, m=m, K=K, pipe=pipe, dec=dec, emb=emb, head=head, trK=trK, p2pK=p2pK, active=active, lb=lb,
-               n_cls=n_cls)
+               n_cls=n_cls, L=L)
 
 
 # --- the stage DP --------------------------------------------------------------------------------------------
@@ -393,6 +394,42 @@ def _backtrack(sub: Sub, i: int, run: StageRun, n: int, e_idx: int, exit_layout:
                 best = (emb.c[h], h)
         emb_row = int(emb.rows[best[1]])
     return rows[::-1], emb_row, head_row
+
+
+def _hull_min(u: np.ndarray, c: np.ndarray, x: float) -> float:
+    """Least average cost per layer at average units x: the lower convex hull of (u, c) at x (INF below min u)."""
+    below = u <= x
+    if not below.any():
+        return INF
+    best = c[below].min()
+    above = ~below
+    if above.any():
+        u1, c1 = u[below][:, None], c[below][:, None]
+        u2, c2 = u[above][None, :], c[above][None, :]
+        best = min(best, float((c1 + (c2 - c1) * (x - u1) / (u2 - u1)).min()))
+    return best
+
+
+def memory_bound(sub: Sub, schedule: str, avail: float, U: int) -> float:
+    """A lower bound on a sub-problem's iteration time that sees the memory budget.
+
+    Every stage's cost is at least its share of the cheapest layer costs; with memory, the layers of all
+    stages share at most pp * (U - least workspace) - least embedding and head units, and the least total
+    cost of L layers in that many units is at least L x g(units / L), g the lower convex hull of the
+    strategies' (units, cost) at the fewest micro-batches in flight (Jensen: n g(x / n) is convex in n)."""
+    p, L = sub.p, sub.L
+    if avail <= 0:
+        return INF
+    a_min = 1 if schedule == "1f1b" else sub.m
+    du, dw = _units(sub.dec, a_min, avail, U)
+    eu, _ = _units(sub.emb, a_min, avail, U)
+    hu, _ = _units(sub.head, a_min, avail, U)
+    cap = p * (U - int(dw.min())) - int(eu.min()) - int(hu.min())
+    if cap < L * int(du.min()):
+        return INF
+    per_layer = _hull_min(du.astype(float), sub.dec.c, cap / L)
+    extra = sub.emb.c.min() + sub.head.c.min() + 2 * (p - 1) * sub.p2pK[sub.active].min()
+    return max(sub.lb, (extra + L * per_layer) / p)
 
 
 def solve_sub(tables: CostTables, sub: Sub, schedule: str, budget: float, U: int, incumbent: float):
@@ -651,7 +688,9 @@ def search_batch(tables: CostTables, opts: Options, B: int, incumbent: float = I
             for sched in opts.schedules:
                 if sched == "1f1b" and sub.m < p:
                     continue
-                subs.append((sub.lb, p, b, sched, sub))
+                if sched == "gpipe" and p == 1 and "1f1b" in opts.schedules:
+                    continue          # one stage: the same time as 1F1B, with m >= 1 micro-batches in flight
+                subs.append((memory_bound(sub, sched, budget - tables.overhead, U), p, b, sched, sub))
     subs.sort(key=lambda t: (t[0], t[1], t[2], t[3]))
     for lb, _p, _b, sched, sub in subs:
         if lb >= best_T * (1 + REL):
