@@ -30,6 +30,11 @@ PLANS = {
     # gpipe, stage layouts differ at the boundary (sp tp 2 -> tp 1 zero2 -> strided tp 2)
     "pp_gpipe_mixed": make_plan("tiny-gpt", 4, [S(tp=2, sp=True), S(sharding="zero2"), S(tp=2, layout="strided")],
                                 [(0, 1), (1, 3)], b=4, m=3, schedule="gpipe"),
+    # vocabularies that tp does not divide (DTensor's uneven Shard(0)): tied across two stages, and tied in one
+    "uneven_vocab_pp": make_plan("tiny-gpt", 4, [S(tp=2, sp=True), S()], [(0, 1), (1, 2)], b=4, m=2,
+                                 emb=S(tp=2, sharding="zero3"), head=S(tp=2, sharding="zero3"), vocab_size=251),
+    "uneven_vocab_tp4": make_plan("tiny-gpt", 4, [S(tp=2), S(tp=4, sp=True)], [(0, 2)], b=4, m=2, emb=S(tp=4),
+                                  head=S(tp=4, sp=True), vocab_size=251),
 }
 CASES = [{"name": n, "plan": p, "steps": STEPS} for n, p in PLANS.items()]
 

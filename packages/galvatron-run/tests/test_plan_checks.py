@@ -74,7 +74,7 @@ def test_valid_plan_passes_and_is_schema_valid():
     (lambda p: p.update(micro_batch_size=3, global_batch=6), InfeasibleError, "not divisible by dp"),
     (lambda p: p["training"].update(seq_len=15), InfeasibleError, "seq_len 15 is not divisible by tp"),
     (lambda p: p["training"].update(seq_len=128), InfeasibleError, "max_seq_len"),
-    (lambda p: p["model"].update(vocab_size=255), InfeasibleError, "vocab_size 255"),
+    (lambda p: p["model"].update(vocab_size=1), InfeasibleError, "vocab_size 1 is smaller than tp 2"),
     (lambda p: p["stages"][0]["layouts"][0].update(dp_groups=[[1, 0]]), InfeasibleError, "rank convention"),
     (lambda p: p["stages"][1].update(ranks=[0, 1]), InfeasibleError, "stage k holds ranks"),
 ])

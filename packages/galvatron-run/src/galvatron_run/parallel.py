@@ -197,7 +197,7 @@ class _VocabParallelCE(torch.autograd.Function):
     def backward(ctx, g):
         p, local, hit = ctx.saved_tensors
         grad = p.clone()
-        grad[torch.arange(grad.shape[0]), local] -= hit.to(grad.dtype)
+        grad[torch.arange(grad.shape[0], device=grad.device), local] -= hit.to(grad.dtype)
         return (grad * g).to(ctx.dtype), None, None, None
 
 

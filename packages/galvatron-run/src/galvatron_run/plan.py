@@ -7,6 +7,8 @@ index j: consecutive -> tp_rank = j % tp, dp_rank = j // tp; strided -> tp_rank 
     (1, 1)
     >>> groups(4, 2, "consecutive", base=4)
     ([[4, 5], [6, 7]], [[4, 6], [5, 7]])
+    >>> vocab_shard(50257, 2, 1)
+    (25129, 25128)
 """
 from __future__ import annotations
 
@@ -54,6 +56,13 @@ class Layout:
 
     def key(self) -> tuple:
         return (self.tp, self.tp_layout, self.dp)
+
+
+def vocab_shard(vocab: int, tp: int, tp_rank: int) -> tuple[int, int]:
+    """(first id, count) of a vocabulary-parallel shard: torch.chunk's split, as DTensor's Shard(0) cuts it."""
+    step = -(-vocab // tp)
+    start = min(tp_rank * step, vocab)
+    return start, min(step, vocab - start)
 
 
 def groups(size: int, tp: int, tp_layout: str, base: int = 0) -> tuple[list[list[int]], list[list[int]]]:
@@ -123,9 +132,8 @@ def check_plan(plan: dict, world_size: int, source: str = "plan") -> None:
         if s["sp"] and seq % tp:
             infeasible.append(f"$.{name}.sp: seq_len {seq} is not divisible by tp {tp}")
         if name in ("embedding", "head"):
-            if spec["vocab_size"] % tp:
-                infeasible.append(f"$.{name}.tp: vocab_size {spec['vocab_size']} is not divisible by tp {tp} "
-                                  f"(vocabulary-parallel layers need equal shards)")
+            if spec["vocab_size"] < tp:
+                infeasible.append(f"$.{name}.tp: vocab_size {spec['vocab_size']} is smaller than tp {tp}")
         else:
             for field in ("heads", "kv_heads", "ffn_hidden"):
                 if spec[field] % tp:

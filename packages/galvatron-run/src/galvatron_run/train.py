@@ -35,7 +35,7 @@ from .parallel import (
     vocab_parallel_ce_sum,
     wrap_root,
 )
-from .plan import Layout
+from .plan import Layout, vocab_shard
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -216,14 +216,13 @@ def _loss_fn(state: TrainState):
     b, s = plan["micro_batch_size"], state.seq_len
     denom = float(plan["global_batch"] * s)
     r0, nr, _, _ = lay.block(env.j, b, s)
-    tp_rank = lay.coords(env.j)[0]
-    vocab_shard = plan["model"]["vocab_size"] // lay.tp
+    v0, _ = vocab_shard(plan["model"]["vocab_size"], lay.tp, lay.coords(env.j)[0])
 
     def loss_fn(logits, targets):
         tgt = targets[r0:r0 + nr]
         if lay.tp == 1:
             return ce_loss_sum(logits, tgt) / denom
-        return vocab_parallel_ce_sum(logits, tgt, env.tp_group(lay), tp_rank * vocab_shard) / denom
+        return vocab_parallel_ce_sum(logits, tgt, env.tp_group(lay), v0) / denom
 
     return loss_fn
 
@@ -242,7 +241,8 @@ def _make_schedule(state: TrainState, b: int, s: int):
     inp = torch.empty(b, s, dtype=torch.long, device=env.device) if state.first else example(model._in)
     if state.last:
         lay = model._lays["head"]
-        out = torch.empty(b // lay.dp, s, plan["model"]["vocab_size"] // lay.tp, dtype=act, device=env.device,
+        vocab = vocab_shard(plan["model"]["vocab_size"], lay.tp, lay.coords(env.j)[0])[1]
+        out = torch.empty(b // lay.dp, s, vocab, dtype=act, device=env.device,
                           requires_grad=True)
     else:
         out = example(model.out_layout)
