@@ -272,6 +272,19 @@ def test_two_rank_checkpoint_loads_in_one_process(run):
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(r["A_losses"][3:]), rtol=1e-5, atol=0)
 
 
+def test_optimizer_settings_missing_from_the_checkpoint_keep_their_values(run, capsys):
+    out, r = run
+    model = Tiny()
+    opt, sched = make_optim(model)
+    opt.param_groups[0]["custom_setting"] = 0.5  # e.g. a hyperparameter a newer torch adds
+    ck.load_checkpoint(out / "ckpt" / "step-3", [model], [opt], sched)
+    assert opt.param_groups[0]["custom_setting"] == 0.5
+    assert "no saved value for optimizer setting(s) custom_setting" in capsys.readouterr().err
+    assert_same(full_params(model), r["full3"])
+    got = full_optim(model, opt)
+    assert all(torch.equal(got[k], v) for k, v in r["optim3"].items() if isinstance(v, torch.Tensor))
+
+
 def test_model_only_load_and_model_mismatch(run):
     out, r = run
     model = Tiny()

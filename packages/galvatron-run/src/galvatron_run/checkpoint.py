@@ -429,6 +429,15 @@ def load_checkpoint(path: str | os.PathLike, model_parts, optimizers=(), schedul
     if optims:
         optim_sds = _optim_state(parts, optims)
         optim = _merge(optim_sds, "optimizer")
+        # A hyperparameter this optimizer has and the checkpoint lacks (a newer torch adds one, a scheduler sets
+        # 'initial_lr') keeps its current value; missing state tensors are errors.
+        saved = meta.state_dict_metadata
+        kept = sorted(k for k in optim if k.startswith("param_groups.") and f"optim.{k}" not in saved)
+        if kept and rank == 0:
+            names = sorted({k.rsplit(".", 1)[-1] for k in kept})
+            print(f"warning: {path}: no saved value for optimizer setting(s) {', '.join(names)}; keeping the "
+                  "current ones", file=sys.stderr)
+        optim = {k: v for k, v in optim.items() if k not in set(kept)}
         _check_keys(path, meta, optim, "optim", "the checkpoint's optimizer state", group)
         state["optim"] = optim
     same_plan = marker.get("world_size") == world and marker.get("plan_digest") == plan_digest
@@ -442,7 +451,7 @@ def load_checkpoint(path: str | os.PathLike, model_parts, optimizers=(), schedul
         set_model_state_dict(part, {k: state["model"][k] for k in sd})
     if optims:
         for part, opt, sd in zip(parts, optims, optim_sds, strict=True):
-            set_optimizer_state_dict(part, opt, {k: state["optim"][k] for k in sd}, options=_OPTIM)
+            set_optimizer_state_dict(part, opt, {k: state["optim"].get(k, v) for k, v in sd.items()}, options=_OPTIM)
     if rng_restored:
         torch.set_rng_state(state["rng"][f"rank{rank}.cpu"])
         if f"rank{rank}.cuda" in state["rng"]:
