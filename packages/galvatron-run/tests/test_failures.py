@@ -4,7 +4,7 @@ exits cleanly.
 
 The worker (this file under torchrun) is a small training loop wired the way the runtime wires these modules:
 
-    torchrun --standalone --nproc-per-node 2 --max-restarts 1 tests/test_failures.py train OUT --kill-at 5
+    torchrun --standalone --nproc-per-node 2 --max-restarts 2 tests/test_failures.py train OUT --kills save@4,step@7
 """
 from __future__ import annotations
 
@@ -58,14 +58,32 @@ def train(a):
     half = slice(rank * BATCH // 2, (rank + 1) * BATCH // 2)
     watchdog, stop = Watchdog(a.timeout), StopRequest()
 
+    # --kills save@4,step@7: on attempt 0 rank 1 dies inside the save of step 4 (its shards written, no marker
+    # yet); on attempt 1 it dies at the start of step 7 (in the middle of training)
+    kills = [k.split("@") for k in a.kills.split(",")] if a.kills else []
+    kill = (kills[attempt][0], int(kills[attempt][1])) if attempt < len(kills) and rank == 1 else None
+    current = {"step": 0}
+    if kill and kill[0] == "save":
+        checksums = ck._checksums
+
+        def dying(*args, **kwargs):
+            if current["step"] == kill[1]:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return checksums(*args, **kwargs)
+
+        ck._checksums = dying
+
     info = ck.resume(out / "ckpt", [model], [opt], sched, data, plan_digest="p") if a.save_every else None
     start = info["step"] + 1 if info else 1
     log = {"attempt": attempt, "resumed_from": info and info["step"], "losses": {}, "stopped": None}
     for step in range(start, a.steps + 1):
-        if step == a.kill_at and rank == 1 and attempt == 0:
-            os.kill(os.getpid(), signal.SIGKILL)  # a rank dies in the middle of training
+        current["step"] = step
+        if kill == ("step", step):
+            os.kill(os.getpid(), signal.SIGKILL)
         with watchdog.phase(f"step {step}: forward/backward/optimizer"):
             log["losses"][step] = train_step(model, opt, sched, data, step, half).item()
+        if rank == 0:  # after every step, so that an attempt that dies leaves what it did
+            (out / f"attempt{attempt}.json").write_text(json.dumps(log))
         if rank == 0 and a.step_sleep:
             (out / "progress").write_text(json.dumps({"step": step, "pid": os.getpid()}))
             time.sleep(a.step_sleep)
@@ -129,17 +147,23 @@ def attempts(out):
 
 # --- the tests -----------------------------------------------------------------------------------------------------
 
-def test_killed_rank_restarts_from_the_newest_checkpoint(tmp_path):
-    proc = torchrun(tmp_path, "--steps", "8", "--save-every", "2", "--kill-at", "5", "--with-reference", restarts=1)
+def test_killed_ranks_restart_from_the_newest_complete_checkpoint(tmp_path):
+    proc = torchrun(tmp_path, "--steps", "8", "--save-every", "2", "--kills", "save@4,step@7", "--with-reference",
+                    restarts=2)
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs = attempts(tmp_path)
-    assert sorted(runs) == [1]  # the first attempt died before writing its log
-    resumed, reference = runs[1]["losses"], runs[1]["reference"]
-    assert runs[1]["resumed_from"] == 4 and sorted(resumed, key=int) == ["5", "6", "7", "8"]
+    assert sorted(runs) == [0, 1, 2]
+    # attempt 0 died inside the save of step 4: its step-4.tmp was ignored, attempt 1 resumed from step 2
+    assert runs[0]["resumed_from"] is None and sorted(runs[0]["losses"], key=int) == ["1", "2", "3", "4"]
+    assert runs[1]["resumed_from"] == 2 and sorted(runs[1]["losses"], key=int) == ["3", "4", "5", "6"]
+    assert runs[2]["resumed_from"] == 6 and sorted(runs[2]["losses"], key=int) == ["7", "8"]
+    reference = runs[2]["reference"]
     assert len(reference) == 8
-    for step in ("5", "6", "7", "8"):
-        assert resumed[step] == reference[step]  # bit for bit: same plan, same batches
+    for run in runs.values():
+        for step, loss in run["losses"].items():
+            assert loss == reference[step], (run["attempt"], step)  # bit for bit: same plan, same batches
     assert [s for s, _ in ck.list_checkpoints(tmp_path / "ckpt")] == [6, 8]
+    assert not list((tmp_path / "ckpt").glob("*.tmp"))
 
 
 def test_sigterm_on_rank_0_saves_and_exits_cleanly(tmp_path):
@@ -252,7 +276,7 @@ if __name__ == "__main__":
     parser.add_argument("out")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--save-every", type=int, default=0)
-    parser.add_argument("--kill-at", type=int, default=None)
+    parser.add_argument("--kills", default="")
     parser.add_argument("--step-sleep", type=float, default=0.0)
     parser.add_argument("--timeout", type=float, default=60)
     parser.add_argument("--with-reference", action="store_true")
