@@ -173,7 +173,7 @@ def hand_plans(template: dict, nproc: int) -> dict[str, dict]:
                                           for i in range(L)], emb=t1, head=t1)
     add("pp2 mixed 1f1b m4", bounds=[0, half, L],
         layers=[S(2, sp=True)] * half + [S(1, "zero3", rc=True)] + [S(1)] * (L - half - 1),
-        emb=S(2), head=t1, micro_batches=4)
+        emb=S(2), head=S(2), micro_batches=4)   # tied copies: the runtime wants the same layout at both ends
     return P
 
 
@@ -397,8 +397,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup-steps", type=int, default=3, help="Steps excluded from the median (default 3).")
     ap.add_argument("--out", default=None, help="Directory for every document and log (default: a temp dir).")
     ap.add_argument("--profiles", help="Reuse hw.json and mp.json from this directory instead of profiling.")
-    ap.add_argument("--plans", help="Comma-separated plan names to run (default all; 'search' = the plan quality "
-                                    "part).")
+    ap.add_argument("--plans", help="Comma-separated plan names to run (default all; 'search': the searched plan "
+                                    "and the baselines).")
     ap.add_argument("--no-quality", action="store_true", help="Skip the plan-quality part (searched vs baseline).")
     ap.add_argument("--optimizer-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -457,7 +457,8 @@ def main(argv=None) -> int:
                 plans[f"baseline {b['name']}"] = p
     if args.plans:
         keep = set(args.plans.split(","))
-        plans = {k: v for k, v in plans.items() if k in keep or (k.startswith("baseline") and "search" in keep)}
+        plans = {k: v for k, v in plans.items()
+                 if k in keep or ((k == "searched" or k.startswith("baseline")) and "search" in keep)}
     rows, failed = [], []
     for name, plan in plans.items():
         path = out / "plans" / f"{re.sub(r'[^A-Za-z0-9]+', '-', name)}.json"
