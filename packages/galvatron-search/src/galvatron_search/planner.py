@@ -438,7 +438,6 @@ def solve_sub(tables: CostTables, sub: Sub, schedule: str, budget: float, U: int
     ov = tables.overhead
     bound = incumbent * (1 + REL)
     cmin = sub.dec.c.min()
-    runs = {}
 
     def n_limit(i):
         extra = (sub.emb.c.min() if i == 0 else 0.0) + (sub.head.c.min() if i == p - 1 else 0.0)
@@ -456,27 +455,33 @@ def solve_sub(tables: CostTables, sub: Sub, schedule: str, budget: float, U: int
             return None
         return T, [(L, int(np.argmin(run.R[L])), None)]
     keys = {}
-    for i in range(p):
-        a = inflight(schedule, p, i, sub.m)
-        key = (a, i == 0, i == p - 1)
+
+    def run_of(i):
+        key = (inflight(schedule, p, i, sub.m), i == 0, i == p - 1)
         if key not in keys:
             nl = n_limit(i)
-            if nl < 1:
-                return None
-            run = stage_dp(sub, i, schedule, budget, ov, U, nl, bound=bound)
-            if run is None:
-                return None
-            keys[key] = run
-        runs[i] = keys[key]
+            keys[key] = None if nl < 1 else stage_dp(sub, i, schedule, budget, ov, U, nl, bound=bound)
+        return keys[key]
+
     nA = len(sub.active)
-    # partition DP
-    R0 = runs[0].R.min(axis=1)                                  # (n+1, nA)
+    # partition DP, stage by stage; a prefix already as slow as the incumbent ends the sub-problem
+    run = run_of(0)
+    if run is None:
+        return None
+    R0 = run.R.min(axis=1)                                      # (n+1, nA)
     H = np.full((L + 1, nA), INF)
     H[: R0.shape[0]] = R0
     H[0] = INF
     choices = []
-    for i in range(1, p - 1):
-        Ri = runs[i].R                                          # (n+1, E=nA, nA)
+    for i in range(1, p):
+        if not H[: L - (p - 1 - i) + 1].min() < incumbent:
+            return None
+        run = run_of(i)
+        if run is None:
+            return None
+        if i == p - 1:
+            break
+        Ri = run.R                                              # (n+1, E=nA, nA)
         Hn = np.full((L + 1, nA), INF)
         arg_n = np.zeros((L + 1, nA), dtype=np.int64)
         arg_e = np.zeros((L + 1, nA), dtype=np.int64)
@@ -490,7 +495,7 @@ def solve_sub(tables: CostTables, sub: Sub, schedule: str, budget: float, U: int
             arg_e[n:] = np.where(better, e, arg_e[n:])
         choices.append((arg_n, arg_e))
         H = Hn
-    Rl = runs[p - 1].R                                          # (n+1, nA)
+    Rl = run.R                                                  # (n+1, nA)
     best = (INF, None)
     for n in range(1, Rl.shape[0]):
         if L - n < 1:
