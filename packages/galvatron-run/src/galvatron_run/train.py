@@ -153,12 +153,8 @@ def build_state(plan: dict, device: torch.device, *, dtype: str | None = None, s
     st = plan["stages"][k]
     first, last = k == 0, k == pp - 1
     ids = list(range(st["layer_start"], st["layer_end"]))
-    model = Stage(spec, ids, first, last, tie=False)
-    seed = plan["training"].get("seed", 1234)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(initial_value(spec, name, p.shape, seed))
-    model.to(device)
+    with torch.device("meta"):                # nothing is allocated until the parameters are sharded
+        model = Stage(spec, ids, first, last, tie=False)
     lays = {"embedding": Layout.of(plan["embedding"]), "head": Layout.of(plan["head"])}
     lays.update({i: Layout.of(plan["layers"][i]) for i in range(len(plan["layers"]))})
     in_layout = None
@@ -191,6 +187,8 @@ def build_state(plan: dict, device: torch.device, *, dtype: str | None = None, s
     for u in units:
         apply_fsdp(u, env, act)
     wrap_root(model, units, env)
+    model.to_empty(device=device)
+    init_local_shards(model, spec, plan["training"].get("seed", 1234))
 
     opt = {"name": "adamw", **plan["training"]["optimizer"]}
     optimizer = make_optimizer(list(model.parameters()), opt)
@@ -207,6 +205,20 @@ def build_state(plan: dict, device: torch.device, *, dtype: str | None = None, s
     if pp > 1:
         state.schedule = _make_schedule(state, b, seq)
     return state
+
+
+@torch.no_grad()
+def init_local_shards(model: nn.Module, spec: dict, seed: int) -> None:
+    """Each parameter's seeded full value (one parameter at a time), cut to this rank's shard without communication,
+    so every plan starts from the same model."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    for name, p in model.named_parameters():
+        full = initial_value(spec, name, p.shape, seed).to(p.device)
+        if isinstance(p, DTensor):
+            shard = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local()
+            p.to_local().copy_(shard)
+        else:
+            p.copy_(full)
 
 
 def _loss_fn(state: TrainState):
