@@ -33,6 +33,9 @@ PLANS = {
     # vocabularies that tp does not divide (DTensor's uneven Shard(0)): tied across two stages, and tied in one
     "uneven_vocab_pp": make_plan("tiny-gpt", 4, [S(tp=2, sp=True), S()], [(0, 1), (1, 2)], b=4, m=2,
                                  emb=S(tp=2, sharding="zero3"), head=S(tp=2, sharding="zero3"), vocab_size=251),
+    # tied across stages with different layouts at the two ends (full gradients summed, each end keeps its shard)
+    "tied_mixed_ends": make_plan("tiny-gpt", 4, [S(), S(tp=2)], [(0, 1), (1, 2)], b=4, m=2,
+                                 emb=S(tp=2, layout="strided", sharding="zero3"), head=S(sharding="zero2")),
     "uneven_vocab_tp4": make_plan("tiny-gpt", 4, [S(tp=2), S(tp=4, sp=True)], [(0, 2)], b=4, m=2, emb=S(tp=4),
                                   head=S(tp=4, sp=True), vocab_size=251),
 }

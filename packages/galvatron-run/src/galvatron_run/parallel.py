@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, PrepareModuleInput, RowwiseParallel, parallelize_module
 
 from .plan import Layout, groups
@@ -323,7 +323,8 @@ def _all_reduce_flat(tensors: list[torch.Tensor], group) -> None:
 
 
 @torch.no_grad()
-def sync_grads(units: list[Unit], env: Env, tie: tuple[nn.Parameter, nn.Parameter] | None, pp: int) -> None:
+def sync_grads(units: list[Unit], env: Env, tie: tuple[nn.Parameter, nn.Parameter] | None, pp: int,
+               tie_same_layout: bool = True) -> None:
     """After the last micro-batch: ddp all-reduce over dp, sp partial sums over tp, tied-embedding sums."""
     for u in units:
         # DTensor may return a replicated gradient for a sharded parameter (the vocabulary-parallel embedding's);
@@ -346,9 +347,17 @@ def sync_grads(units: list[Unit], env: Env, tie: tuple[nn.Parameter, nn.Paramete
             local(emb.grad).copy_(total)
             local(head.grad).copy_(total)
         else:
-            mine = emb if emb is not None else head
-            g = local(mine.grad)
-            dist.all_reduce(g, group=env.group(sorted({env.j, (pp - 1) * env.size + env.j})))
+            pair = env.group(sorted({env.j, (pp - 1) * env.size + env.j}))
+            g = (emb if emb is not None else head).grad
+            if tie_same_layout:               # rank j's shard is the same slice at both ends
+                dist.all_reduce(local(g), group=pair)
+            else:                             # different layouts: sum the full gradients, keep each end's shard
+                full = g.full_tensor() if isinstance(g, DTensor) else g.clone()
+                dist.all_reduce(full, group=pair)
+                if isinstance(g, DTensor):
+                    local(g).copy_(distribute_tensor(full, g.device_mesh, g.placements, src_data_rank=None).to_local())
+                else:
+                    g.copy_(full)
 
 
 @torch.no_grad()

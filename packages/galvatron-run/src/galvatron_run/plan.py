@@ -141,11 +141,11 @@ def check_plan(plan: dict, world_size: int, source: str = "plan") -> None:
     if plan["schedule"] == "1f1b" and pp > 1 and plan["micro_batches"] < pp:
         infeasible.append(f"$.micro_batches: 1f1b needs at least as many micro-batches as stages "
                           f"({plan['micro_batches']} < {pp})")
-    if spec["tied_embeddings"]:
+    if spec["tied_embeddings"] and pp == 1:
         e, h = plan["embedding"], plan["head"]
         if (e["tp"], Layout.of(e).tp_layout, e["dp_sharding"]) != (h["tp"], Layout.of(h).tp_layout, h["dp_sharding"]):
-            infeasible.append("$.head: tied embeddings need the head to have the embedding's tp, tp_layout and "
-                              "dp_sharding")
+            infeasible.append("$.head: tied embeddings in one stage need the head to have the embedding's tp, "
+                              "tp_layout and dp_sharding")
     for k, st in enumerate(plan["stages"]):
         want = list(range(k * size, (k + 1) * size))
         if st["ranks"] != want:

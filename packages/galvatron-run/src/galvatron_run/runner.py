@@ -31,7 +31,13 @@ def _device_info(device: torch.device) -> dict:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return {"type": "cuda", "name": props.name, "memory_bytes": int(props.total_memory)}
-    return {"type": "cpu", "name": platform.processor() or platform.machine() or "cpu"}
+    name = platform.processor() or platform.machine() or "cpu"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return {"type": "cpu", "name": f"{name} ({os.cpu_count()} cores)"}
 
 
 def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int, dtype: str | None,

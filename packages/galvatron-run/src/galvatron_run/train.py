@@ -122,7 +122,8 @@ class TrainState:
     steps: int
     step: int = 0                      # the next step to run (a resumed run sets it)
     schedule: object = None            # torch.distributed.pipelining schedule (pp > 1)
-    tie: tuple | None = None
+    tie: tuple | None = None           # (embedding weight | None, head copy | None) of a tied model
+    tie_same_layout: bool = True
     skip_norm: set = field(default_factory=set)
 
     @property
@@ -200,6 +201,9 @@ def build_state(plan: dict, device: torch.device, *, dtype: str | None = None, s
         emb = model.embedding.tok.weight if first else None
         head = model.head.out.weight if last else None
         state.tie = (emb, head)
+        e, h = plan["embedding"], plan["head"]
+        state.tie_same_layout = ((e["tp"], lays["embedding"].tp_layout, e["dp_sharding"])
+                                 == (h["tp"], lays["head"].tp_layout, h["dp_sharding"]))
         if last:
             state.skip_norm = {id(head)}     # the embedding's copy is counted (once) in the norm
     if pp > 1:
@@ -310,7 +314,7 @@ def train_step(state: TrainState, data, memory: PeakMemory | None = None, saved:
         state.optimizer.zero_grad(set_to_none=True)
         with (saved.hooks() if saved else contextlib.nullcontext()):
             loss = _forward_backward(state, x, y)
-        sync_grads(state.units, state.env, state.tie, state.env.pp)
+        sync_grads(state.units, state.env, state.tie, state.env.pp, state.tie_same_layout)
         if memory is not None:
             acc["grad_bytes"] = tensor_bytes(local(p.grad) for p in state.model.parameters() if p.grad is not None)
         max_norm = plan["training"]["optimizer"].get("grad_clip", 1.0)
