@@ -9,7 +9,8 @@ Targets (issue 5):
 - LLaMA-2-7B, 8 GPUs, 36 GiB, global batch 64: <= 1 s
 - the same at 72 GiB: <= 1.2 x the 36 GiB time (the DP does not grow with the budget)
 - LLaMA-2-70B-like, 128 nodes x 8 GPUs, 80 GiB, global batch 1024: <= 10 s and <= 1 GiB peak memory (tracemalloc)
-Search seconds are CPU seconds of this process (time.process_time, best of --repeats runs): on the shared 2-core
+Search seconds are CPU seconds of this process (time.process_time, best of at least --repeats runs, and of more
+while they take under 2 s together): on the shared 2-core
 machine the wall clock also counts other processes' time. The wall clock (best of the runs) is printed beside.
 Exits 1 when a target is missed.
 """
@@ -44,12 +45,14 @@ def fit(model_profile: Path, nodes: int, out: Path) -> dict:
 
 
 def timed(cm: dict, memory: float, batch: int, repeats: int) -> tuple[dict, float, float]:
-    best_wall, best_cpu, plan = float("inf"), float("inf"), None
-    for _ in range(repeats):
+    """Best wall and CPU seconds of at least `repeats` runs, more (up to 15) while under 2 CPU seconds in all."""
+    best_wall, best_cpu, plan, spent, runs = float("inf"), float("inf"), None, 0.0, 0
+    while runs < repeats or (spent < 2.0 and runs < 15):
         w0, c0 = time.perf_counter(), time.process_time()
         plan = galvatron_search.search(cm, memory_gib=memory, global_batch=batch, check_input=False)
         best_wall = min(best_wall, time.perf_counter() - w0)
-        best_cpu = min(best_cpu, time.process_time() - c0)
+        cpu = time.process_time() - c0
+        best_cpu, spent, runs = min(best_cpu, cpu), spent + cpu, runs + 1
     return plan, best_wall, best_cpu
 
 
