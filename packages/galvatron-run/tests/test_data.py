@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+import galvatron_run
 from galvatron_run import data as data_mod
 from galvatron_run._contracts.documents import DocumentError, UsageError
 from galvatron_run.data import RandomTokens, make_data_source
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(galvatron_run.__file__).resolve().parents[1])  # src/ here, site-packages under tox
 
 
 def token_file(tmp_path, values, dtype="uint16", sidecar=True, vocab=None, name="train.bin"):
