@@ -1,7 +1,7 @@
 """Build a rank's part of the model from a plan and train it.
 
     state = build_state(plan, device, dtype="fp32", steps=10)      # after init_process_group
-    records = train(state, data, steps=10, callback=None)
+    result = train(state, data, steps=10, callback=None)           # {"steps": [records], "memory": {...}}
 
 ``TrainState`` keeps everything a checkpoint needs (``model_parts``, ``optimizers``, ``scheduler``, ``step``), so
 ``torch.distributed.checkpoint.state_dict.get_state_dict(state.model, state.optimizer)`` saves it by plan-independent
@@ -13,6 +13,7 @@ import contextlib
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,6 +39,9 @@ from .parallel import (
 from .plan import Layout, vocab_shard
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+# The stage returns logits that are a view of the head's DTensor output; nothing here modifies them in place.
+warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
 
 def log(msg: str) -> None:
