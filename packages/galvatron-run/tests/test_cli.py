@@ -41,6 +41,7 @@ def test_global_mode_on_two_ranks_writes_a_report(tmp_path):
         # AdamW: exp_avg and exp_avg_sq like the parameters, plus a 4-byte step counter per parameter tensor
         assert 0 <= acc["optimizer_bytes"] - 2 * acc["param_bytes"] <= 4 * 64 and acc["activation_bytes"] > 0
         assert m["peak_bytes"] >= acc["param_bytes"] + acc["optimizer_bytes"]
+        assert m["profiled_step"] == 1 and m["process_peak_rss_bytes"] > 100 * 2**20 > m["peak_bytes"]
 
 
 def test_plan_with_predictions_in_one_process(tmp_path):

@@ -47,6 +47,14 @@ def live_tensor_bytes() -> int:
     return tensor_bytes(ts)
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (Linux reports KiB)."""
+    import resource
+    import sys
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
 class SavedTensors:
     """Peak bytes saved for backward at once, via saved-tensor hooks (storages deduplicated, parameters excluded)."""
 

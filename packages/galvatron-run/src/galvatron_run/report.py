@@ -68,6 +68,7 @@ def build_report(plan: dict, *, plan_path: str | None, steps: list[dict], memory
     }
     size = world // len(plan["stages"])
     ranks = [{"rank": r, "stage": r // size, "peak_bytes": m["peak_bytes"], "baseline_bytes": m["baseline_bytes"],
+              **{k: m[k] for k in ("process_peak_rss_bytes", "profiled_step") if k in m},
               "accounting": m["accounting"]} for r, m in enumerate(memory) if m is not None]
     method = next((m["method"] for m in memory if m is not None), "not measured")
     doc = {

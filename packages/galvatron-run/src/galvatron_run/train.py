@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .measure import PeakMemory, SavedTensors, tensor_bytes
+from .measure import PeakMemory, SavedTensors, peak_rss_bytes, tensor_bytes
 from .model import Decoder, ce_loss_sum, initial_value
 from .parallel import (
     Env,
@@ -354,6 +354,7 @@ def train(state: TrainState, data, steps: int, *, warmup_steps: int = 0,
         record["warmup"] = record["step"] < warmup_steps or profiled
         if profiled:
             mem_out = {"peak_bytes": int(memory.peak), "baseline_bytes": int(memory.baseline), "method": memory.method,
+                       "profiled_step": record["step"], "process_peak_rss_bytes": peak_rss_bytes(),
                        "accounting": {
                            "param_bytes": tensor_bytes(local(p) for p in state.model.parameters()),
                            "grad_bytes": int(acc.get("grad_bytes", 0)),
