@@ -230,7 +230,7 @@ def test_watchdog_reports_a_late_phase_once():
         assert fired == []
         with wd.phase("step 7: optimizer"):
             assert wd.current == "step 7: optimizer"
-            time.sleep(0.8)
+            time.sleep(1.5)  # the deadline is 0.3 s: ample margin for a loaded machine
     assert len(fired) == 1
     assert fired[0].startswith("rank 5: this rank is stuck") and "during 'step 7: optimizer'" in fired[0]
     assert "did not finish within 0.3 s" in fired[0]
