@@ -88,7 +88,7 @@ def worker(out: Path, corpus: str):
             return source
 
         def callback(state, record):
-            if state.step == SAVE_AT:
+            if state.step in (SAVE_AT, STEPS - 1):
                 ck.save_checkpoint(root, state.step, state.model_parts, state.optimizers, state.scheduler,
                                    holder["data"], keep=2)
             if export_at is not None and state.step == export_at:
@@ -141,6 +141,21 @@ def test_resume_under_another_plan_continues_the_losses(runs, run):
     assert r[run]["resumed"] == SAVE_AT and sorted(other, key=int) == [str(s) for s in range(SAVE_AT, STEPS)]
     for s in other:
         assert other[s] == pytest.approx(a[s], rel=1e-5), s
+
+
+@pytest.mark.parametrize("run", ["B", "C", "D"], ids=["dp2", "tp2", "pp2"])
+def test_checkpoints_saved_under_other_plans_hold_the_same_model(runs, run, tmp_path):
+    out, _ = runs
+    ref = ck.export_model(out / "ckpt-A" / f"step-{STEPS - 1}", tmp_path / "a.pt")
+    got = ck.export_model(out / f"ckpt-{run}" / f"step-{STEPS - 1}", tmp_path / "x.pt")
+    assert got["tensors"] == ref["tensors"]
+    a, x = torch.load(tmp_path / "a.pt", weights_only=True), torch.load(tmp_path / "x.pt", weights_only=True)
+    assert sorted(a) == sorted(x) and any(k.startswith("head.") for k in x)  # every stage's part is there
+    for k in a:
+        if run == "B":
+            assert torch.equal(a[k], x[k]), k
+        else:
+            torch.testing.assert_close(x[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
 def test_export_under_one_plan_imports_under_another(runs):
