@@ -304,6 +304,20 @@ def test_keep_prunes_old_checkpoints(run):
     assert sorted(p.name for p in (out / "ckpt_keep").iterdir()) == ["step-13", "step-14"]
 
 
+def test_save_errors_are_clear(tmp_path):
+    from galvatron_run._contracts.documents import GalvatronError, UsageError
+    with pytest.raises(UsageError, match="--keep must be at least 1"):
+        ck.save_checkpoint(tmp_path / "c", 1, [Tiny(layers=[0])], keep=0)
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(GalvatronError, match=f"cannot create {tmp_path / 'file' / 'step-1.tmp'}"):
+        ck.save_checkpoint(tmp_path / "file", 1, [Tiny(layers=[0])])
+    model = Tiny(layers=[0])
+    opt, sched = make_optim(model)
+    path = ck.save_checkpoint(tmp_path / "ok", 1, [model], [opt], sched, extra={"note": "one process"})
+    assert ck.verify_checkpoint(path)["world_size"] == 1
+    assert ck.read_train_state(path)["extra"] == {"note": "one process"}
+
+
 def copy_ckpt(out, tmp_path):
     root = tmp_path / "ckpt"
     shutil.copytree(out / "ckpt", root)

@@ -54,7 +54,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ._contracts.documents import DocumentError, atomic_write_text
+from ._contracts.documents import DocumentError, GalvatronError, UsageError, atomic_write_text
 
 FORMAT = "galvatron-run checkpoint"
 FORMAT_VERSION = 1
@@ -123,6 +123,20 @@ def _dcp_save(state, path, group) -> None:
 def _dcp_load(state, path, group) -> None:
     with _quiet_single_process():
         dcp.load(state, checkpoint_id=str(path), process_group=group, no_dist=not _dist(group))
+
+
+def _on_rank0(fn, what: str, group):
+    """Run ``fn`` on rank 0 only; if it fails, every rank raises the same GalvatronError (no rank left waiting)."""
+    rank, _ = _rank_world(group)
+    problem = None
+    if rank == 0:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - disk full, permissions, an unserialisable scheduler: all fatal here
+            problem = f"{what}: {type(e).__name__}: {e}"
+    problems = [p for p in _all_gather(problem, group) if p]
+    if problems:
+        raise GalvatronError(problems[0])
 
 
 def _as_list(x) -> list:
@@ -298,14 +312,18 @@ def save_checkpoint(root: str | os.PathLike, step: int, model_parts, optimizers=
     none); ``scheduler``: an LR scheduler (or a list of identical ones: the first is saved); ``data_source``: its
     ``state()`` is kept; ``extra``: JSON fields kept in train_state.json. ``keep``: afterwards delete all but the
     newest ``keep`` complete checkpoints (and leftovers of interrupted saves)."""
+    if keep is not None and keep < 1:
+        raise UsageError(f"--keep must be at least 1, got {keep}")
     parts, optims = _parts(model_parts, optimizers)
     rank, world = _rank_world(group)
     root = Path(root)
     final, tmp = root / f"step-{step}", root / f"step-{step}.tmp"
-    if rank == 0:
+
+    def make_tmp():
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    _barrier(group)
+
+    _on_rank0(make_tmp, f"cannot create {tmp}", group)
 
     model = _merge(_model_state(parts), "model")
     state: dict[str, Any] = {"model": model, "rng": _rng_state(rank)}
@@ -315,14 +333,17 @@ def save_checkpoint(root: str | os.PathLike, step: int, model_parts, optimizers=
 
     fqns = set().union(*_all_gather(sorted(model), group))
     scheds = _as_list(scheduler)
-    if rank == 0:
+
+    def write_train_state():
         train_state = {"step": step, "scheduler": scheds[0].state_dict() if scheds else None,
                        "data": data_source.state() if data_source is not None else None, "extra": extra or {}}
         atomic_write_text(tmp / TRAIN_STATE, json.dumps(train_state, indent=1, allow_nan=False) + "\n")
-    _barrier(group)
+
+    _on_rank0(write_train_state, f"cannot write {tmp / TRAIN_STATE}", group)
     names = sorted(p.name for p in tmp.iterdir() if p.is_file())
     files = _checksums(tmp, names, rank, world, group)
-    if rank == 0:
+
+    def complete():
         marker = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "world_size": world,
             "plan_digest": plan_digest, "model_fqns": len(fqns), "model_fqn_digest": _fqn_digest(fqns),
@@ -338,7 +359,8 @@ def save_checkpoint(root: str | os.PathLike, step: int, model_parts, optimizers=
         _fsync_dir(final)
         if keep is not None:
             prune(root, keep)
-    _barrier(group)
+
+    _on_rank0(complete, f"cannot complete {final}", group)
     return final
 
 
