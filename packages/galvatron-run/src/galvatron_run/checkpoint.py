@@ -557,13 +557,14 @@ def export_full(out_file: str | os.PathLike, model_parts, group=None) -> Path:
 
     Goes through a model-only sharded save next to ``out_file``, so any plan (pp stages, tp, FSDP) exports."""
     out_file = Path(out_file)
-    rank, _ = _rank_world(group)
     scratch = out_file.with_name(f".{out_file.name}.parts")
     save_checkpoint(scratch, 0, model_parts, group=group)
-    if rank == 0:
+
+    def convert():
         export_model(scratch / "step-0", out_file, verify=False)
         shutil.rmtree(scratch, ignore_errors=True)
-    _barrier(group)
+
+    _on_rank0(convert, f"cannot export to {out_file}", group)
     return out_file
 
 
