@@ -79,11 +79,6 @@ def _rank_world(group) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
-def _barrier(group) -> None:
-    if _dist(group):
-        dist.barrier(group)
-
-
 def _all_gather(obj, group) -> list:
     if not _dist(group):
         return [obj]
