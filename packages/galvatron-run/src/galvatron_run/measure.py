@@ -36,14 +36,13 @@ def live_tensor_bytes() -> int:
     import warnings
     ts = []
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        objs = gc.get_objects()
-    for obj in objs:
-        try:
-            if isinstance(obj, torch.Tensor):
-                ts.append(obj)
-        except ReferenceError:
-            pass
+        warnings.simplefilter("ignore")              # isinstance() on deprecated torch objects warns
+        for obj in gc.get_objects():
+            try:
+                if isinstance(obj, torch.Tensor):
+                    ts.append(obj)
+            except ReferenceError:
+                pass
     return tensor_bytes(ts)
 
 

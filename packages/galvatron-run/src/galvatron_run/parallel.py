@@ -102,12 +102,16 @@ def needed_groups(plan: dict, world: int) -> list[tuple[int, ...]]:
 
 
 _GROUPS: dict[tuple[int, ...], object] = {}     # every group this process created, reused by later plans
+_GROUPS_WORLD: list = [None]                      # ... of this default group (a new world starts afresh)
 
 
 def make_env(plan: dict, device: torch.device, timeout_s: float) -> Env:
     """Create (collectively, in the same order on every rank) the groups the plan needs."""
     from datetime import timedelta
     env = Env(dist.get_rank(), dist.get_world_size(), len(plan["stages"]), device, timeout_s)
+    if _GROUPS_WORLD[0] is not dist.group.WORLD:
+        _GROUPS.clear()
+        _GROUPS_WORLD[0] = dist.group.WORLD
     for ranks in needed_groups(plan, env.world):
         if ranks not in _GROUPS:
             if len(ranks) == env.world:
