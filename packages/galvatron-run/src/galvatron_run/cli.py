@@ -16,6 +16,7 @@ from . import __version__
 from ._contracts.documents import UsageError, exits_cleanly, read_one
 from ._contracts.models import load_model_spec
 from .plan import check_plan, prepared_plan, uniform_plan
+from .runner import LongRun, run_rank
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -57,11 +58,34 @@ def _without_nproc(argv: list[str]) -> list[str]:
 @click.option("--global-batch", type=click.IntRange(1), help="Global mode: samples per step.")
 @click.option("--micro-batches", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--world", type=click.IntRange(1), help="Global mode: world size (default --nproc or WORLD_SIZE).")
+@click.option("--data", "data_path", type=click.Path(), help="Training data: a token file (with a PATH.json sidecar "
+              "or --data-dtype), a .npy array, UTF-8 text (byte-level) or a directory with train.* and val.* "
+              "(default: seeded random tokens).")
+@click.option("--data-dtype", type=click.Choice(["uint8", "uint16", "uint32"]), help="Dtype of a raw token file.")
+@click.option("--data-format", type=click.Choice(["tokens", "text", "npy"]), help="Override format detection.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Tail of the data held out for validation (unless a val file is given).")
+@click.option("--eval-every", type=click.IntRange(1), help="Validation loss every K steps (in the run-report).")
+@click.option("--eval-batches", type=click.IntRange(1), default=4, show_default=True,
+              help="Validation batches per evaluation.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Sharded checkpoints go here.")
+@click.option("--save-every", type=click.IntRange(1), help="Save every K steps (and at the end, and on SIGTERM).")
+@click.option("--keep", type=click.IntRange(1), help="Keep only the newest N complete checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --checkpoint-dir "
+              "(under any plan: the state is resharded on load).")
+@click.option("--init-from", type=click.Path(dir_okay=False), help="Start from a single-file full state dict "
+              "(written by --export or `python -m galvatron_run.checkpoint export`).")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False),
+              help="At the end, write the model as one full (unsharded) state dict file.")
 @click.version_option(__version__, prog_name="galvatron-run")
 @exits_cleanly
 def main(plan_path, nproc, steps, warmup_steps, dtype, seq_len, report_path, peak_tflops, timeout_s, model, tp, pp,
-         dp_mode, recompute, sp, tp_layout, schedule, global_batch, micro_batches, world):
+         dp_mode, recompute, sp, tp_layout, schedule, global_batch, micro_batches, world, data_path, data_dtype,
+         data_format, val_fraction, eval_every, eval_batches, checkpoint_dir, save_every, keep, resume, init_from,
+         export_path):
     """Train with PLAN (a plan document, '-' for stdin) on torch.distributed and write a run-report."""
+    if (resume or save_every or keep) and not checkpoint_dir:
+        raise UsageError("--resume, --save-every and --keep need --checkpoint-dir")
     if plan_path and model:
         raise UsageError("give either PLAN or --model (global mode), not both")
     if not plan_path and not model:
@@ -76,7 +100,14 @@ def main(plan_path, nproc, steps, warmup_steps, dtype, seq_len, report_path, pea
                             seq_len=seq_len, dtype=dtype or "fp32", schedule=schedule, version=__version__)
     else:
         plan = read_one(plan_path, "plan")
-    check_plan(prepared_plan(plan, dtype=dtype, seq_len=seq_len), world_size, plan_path or "global plan")
+    run_plan = prepared_plan(plan, dtype=dtype, seq_len=seq_len)
+    check_plan(run_plan, world_size, plan_path or "global plan")
+    long_run = LongRun(data_path=data_path, data_dtype=data_dtype, data_format=data_format, val_fraction=val_fraction,
+                       eval_every=eval_every, eval_batches=eval_batches, checkpoint_dir=checkpoint_dir,
+                       save_every=save_every, keep=keep, resume=resume, init_from=init_from, export_path=export_path)
+    data = long_run.data_source(run_plan)          # bad data exits 3 here, before any rank starts
+    if eval_every and data.num_validation_batches == 0:
+        raise UsageError("--eval-every needs a validation split (--data with --val-fraction > 0, or a val file)")
     if nproc is not None and "RANK" not in os.environ:
         args = _without_nproc(sys.argv[1:])
         if model and world is None:
@@ -88,6 +119,5 @@ def main(plan_path, nproc, steps, warmup_steps, dtype, seq_len, report_path, pea
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "galvatron_run", *args]
         sys.exit(subprocess.call(cmd, env=env))
-    from .runner import run_rank
     run_rank(plan, plan_path=plan_path, steps=steps, warmup_steps=warmup_steps, dtype=dtype, report_path=report_path,
-             peak_tflops=peak_tflops, timeout_s=timeout_s, seq_len=seq_len)
+             peak_tflops=peak_tflops, timeout_s=timeout_s, seq_len=seq_len, long_run=long_run)

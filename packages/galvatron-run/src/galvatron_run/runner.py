@@ -9,16 +9,18 @@ import os
 import platform
 import socket
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from ._contracts.documents import write_document
-from .data import make_data_source
+from . import checkpoint as ckpt
+from . import failures
+from ._contracts.documents import digest, write_document
+from .data import DEFAULT_VAL_FRACTION, make_data_source
 from .plan import check_plan, prepared_plan
 from .report import build_report
-from .train import build_state, log, train
+from .train import build_state, log, train, validation_loss
 
 
 def _free_port() -> int:
@@ -40,11 +42,37 @@ def _device_info(device: torch.device) -> dict:
     return {"type": "cpu", "name": f"{name} ({os.cpu_count()} cores)"}
 
 
+@dataclass
+class LongRun:
+    """Data, validation, checkpoint and failure options of a run (all off by default)."""
+
+    data_path: str | None = None
+    data_dtype: str | None = None
+    data_format: str | None = None
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    eval_every: int | None = None
+    eval_batches: int = 4
+    checkpoint_dir: str | None = None
+    save_every: int | None = None
+    keep: int | None = None
+    resume: bool = False
+    init_from: str | None = None
+    export_path: str | None = None
+
+    def data_source(self, plan: dict):
+        tr = plan["training"]
+        return make_data_source(self.data_path, vocab_size=plan["model"]["vocab_size"], seq_len=tr["seq_len"],
+                                global_batch=plan["global_batch"], seed=tr.get("seed", 1234), dtype=self.data_dtype,
+                                data_format=self.data_format, val_fraction=self.val_fraction)
+
+
 def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int, dtype: str | None,
              report_path: str | None, peak_tflops: float | None, timeout_s: float, seq_len: int | None = None,
              data_path: str | None = None, make_data: Callable | None = None,
-             callback: Callable | None = None, build_hook: Callable | None = None) -> dict | None:
+             callback: Callable | None = None, build_hook: Callable | None = None,
+             long_run: LongRun | None = None) -> dict | None:
     """Returns the report on rank 0 (None elsewhere). Raises DocumentError / InfeasibleError before any group."""
+    opts = long_run or LongRun(data_path=data_path)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     run_plan = prepared_plan(plan, dtype=dtype, seq_len=seq_len)
     check_plan(run_plan, world, plan_path or "plan")
@@ -60,22 +88,55 @@ def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int
         device, backend = torch.device("cpu"), "gloo"
     owns_pg = not dist.is_initialized()
     if owns_pg:
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        failures.enable_flight_recorder()
+        failures.init_process_group(backend, timeout_s)
     rank = dist.get_rank()
+    watchdog = failures.Watchdog(timeout_s)
+    stop = failures.StopRequest(device=device)
+    plan_digest = digest(run_plan)
     try:
-        state = build_state(run_plan, device, steps=steps, timeout_s=timeout_s)
+        with watchdog.phase("building the model, meshes and schedule"):
+            state = build_state(run_plan, device, steps=steps, timeout_s=timeout_s)
         if build_hook is not None:
             build_hook(state)
-        spec, tr = run_plan["model"], run_plan["training"]
+        tr = run_plan["training"]
         seq = tr["seq_len"]
-        if make_data is not None:
-            data = make_data(run_plan)
-        else:
-            data = make_data_source(data_path, vocab_size=spec["vocab_size"], seq_len=seq,
-                                    global_batch=run_plan["global_batch"], seed=tr.get("seed", 1234))
+        data = make_data(run_plan) if make_data is not None else opts.data_source(run_plan)
+        if opts.init_from:
+            ckpt.import_model(opts.init_from, state.model_parts)
+        if opts.checkpoint_dir and (opts.resume or failures.restart_count() > 0):
+            with watchdog.phase("loading the newest complete checkpoint", timeout_s=None):
+                info = ckpt.resume(opts.checkpoint_dir, state.model_parts, state.optimizers, state.scheduler, data,
+                                   plan_digest=plan_digest)
+            if info:
+                state.step = info["step"]
         if rank == 0:
-            log(f"training {steps} steps ({warmup_steps} warm-up) with {world} ranks on {device.type}")
-        result = train(state, data, steps, warmup_steps=warmup_steps, callback=callback)
+            log(f"training {steps} steps ({warmup_steps} warm-up) with {world} ranks on {device.type}"
+                + (f", from step {state.step}" if state.step else ""))
+        validation: list[dict] = []
+
+        def after_step(state, record) -> bool:
+            if callback is not None:
+                callback(state, record)
+            stopping = stop.should_stop()
+            if opts.eval_every and (state.step % opts.eval_every == 0 or state.step == steps):
+                with watchdog.phase(f"step {state.step}: validation"):
+                    validation.append(validation_loss(state, data, opts.eval_batches))
+                if rank == 0:
+                    log(f"step {state.step}: validation loss {validation[-1]['loss']:.4f}")
+            save_every = opts.save_every or steps
+            if opts.checkpoint_dir and (state.step % save_every == 0 or stopping or state.step == steps):
+                with watchdog.phase(f"step {state.step}: checkpoint save", timeout_s=None):
+                    ckpt.save_checkpoint(opts.checkpoint_dir, state.step, state.model_parts, state.optimizers,
+                                         state.scheduler, data, keep=opts.keep, plan_digest=plan_digest)
+            if stopping and rank == 0:
+                log(f"stop requested: leaving after step {state.step}")
+            return stopping
+
+        with watchdog.phase("training", timeout_s=None):
+            result = train(state, data, steps, warmup_steps=warmup_steps, callback=after_step, phase=watchdog.phase)
+        if opts.export_path:
+            ckpt.export_full(opts.export_path, state.model_parts)
         memory = [None] * dist.get_world_size()
         dist.all_gather_object(memory, result["memory"])
         doc = None
@@ -85,6 +146,7 @@ def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int
                         "global_batch": run_plan["global_batch"], "micro_batches": run_plan["micro_batches"],
                         "seed": tr.get("seed", 1234),
                         "data": {"kind": getattr(data, "kind", "random"), "path": getattr(data, "path", None)},
+                        "checkpoint_dir": opts.checkpoint_dir,
                         "torch_version": torch.__version__}
             if state.step > 0 and result["steps"] and result["steps"][0]["step"] > 0:
                 settings["resumed_from_step"] = result["steps"][0]["step"]
@@ -92,6 +154,8 @@ def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int
                                backend=backend, device=_device_info(device), threads=torch.get_num_threads(),
                                nodes=max(1, world // max(1, local_world)), settings=settings,
                                peak_tflops=peak_tflops)
+            if validation:
+                doc["validation"] = validation
             write_document(doc, report_path or "-")
             t = doc["throughput"]
             log(f"median step {t['iteration_time_s']:.3f}s, {t['samples_per_s']:.2f} samples/s, "
@@ -101,5 +165,7 @@ def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int
         state.env.close()
         return doc
     finally:
+        watchdog.close()
+        stop.close()
         if owns_pg and dist.is_initialized():
             dist.destroy_process_group()

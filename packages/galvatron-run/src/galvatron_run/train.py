@@ -273,15 +273,28 @@ def _make_schedule(state: TrainState, b: int, s: int):
     return cls(stage, n_microbatches=plan["micro_batches"], loss_fn=_loss_fn(state), scale_grads=False)
 
 
-def _forward_backward(state: TrainState, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """All micro-batches of one step; returns this rank's contribution to the global mean loss."""
+def _forward_backward(state: TrainState, x: torch.Tensor, y: torch.Tensor, backward: bool = True) -> torch.Tensor:
+    """All micro-batches of one step; returns this rank's contribution to the global mean loss.
+
+    ``backward=False``: forward passes only (validation), through the same schedule."""
     plan = state.plan
     m, b = plan["micro_batches"], plan["micro_batch_size"]
     dev = state.env.device
     x, y = x.to(dev), y.to(dev)
     losses: list[torch.Tensor] = []
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=state.dtype == "bf16"):
-        if state.schedule is None:
+        if not backward:
+            with torch.no_grad():
+                if state.schedule is None:
+                    loss_fn = _loss_fn(state)
+                    losses = [loss_fn(state.model(x[i * b:(i + 1) * b]), y[i * b:(i + 1) * b]) for i in range(m)]
+                elif state.first:
+                    state.schedule.eval(x)
+                elif state.last:
+                    state.schedule.eval(target=y, losses=losses)
+                else:
+                    state.schedule.eval()
+        elif state.schedule is None:
             loss_fn = _loss_fn(state)
             if plan["schedule"] == "gpipe":
                 pending = [loss_fn(state.model(x[i * b:(i + 1) * b]), y[i * b:(i + 1) * b]) for i in range(m)]
@@ -337,10 +350,13 @@ def train_step(state: TrainState, data, memory: PeakMemory | None = None, saved:
 
 
 def train(state: TrainState, data, steps: int, *, warmup_steps: int = 0,
-          callback: Callable[[TrainState, dict], None] | None = None, measure_memory: bool = True) -> dict:
+          callback: Callable[[TrainState, dict], bool | None] | None = None, measure_memory: bool = True,
+          phase: Callable[[str], contextlib.AbstractContextManager] | None = None) -> dict:
     """Run until ``state.step == steps``; returns {"steps": records, "memory": this rank's measurement or None}.
 
-    ``callback(state, record)`` runs after every step on every rank (checkpointing plugs in here)."""
+    ``callback(state, record)`` runs after every step on every rank (checkpointing plugs in here); a true result
+    stops the loop at that step boundary (a stop request). ``phase(name)`` wraps each step (the watchdog's phases,
+    so a stalled collective is reported with the step it stalled in)."""
     records, mem_out = [], None
     profile_at = None
     if measure_memory and state.step < steps:
@@ -350,7 +366,8 @@ def train(state: TrainState, data, steps: int, *, warmup_steps: int = 0,
         profiled = state.step == profile_at
         memory = PeakMemory(state.env.device) if profiled else None
         saved = SavedTensors() if profiled else None
-        record, acc = train_step(state, data, memory, saved)
+        with phase(f"step {state.step}") if phase else contextlib.nullcontext():
+            record, acc = train_step(state, data, memory, saved)
         record["warmup"] = record["step"] < warmup_steps or profiled
         if profiled:
             mem_out = {"peak_bytes": int(memory.peak), "baseline_bytes": int(memory.baseline), "method": memory.method,
@@ -366,9 +383,21 @@ def train(state: TrainState, data, steps: int, *, warmup_steps: int = 0,
             log(f"step {record['step']}: loss {record['loss']:.4f} lr {record['lr']:.2e} "
                 f"grad_norm {record['grad_norm']:.3f} time {record['time_s']:.3f}s"
                 f"{' (excluded)' if record['warmup'] else ''}")
-        if callback is not None:
-            callback(state, record)
+        if callback is not None and callback(state, record):
+            break
     return {"steps": records, "memory": mem_out}
+
+
+def validation_loss(state: TrainState, data, batches: int) -> dict:
+    """Mean loss of forward passes over the first ``batches`` validation batches (the same tokens for every plan)."""
+    batches = max(1, min(batches, data.num_validation_batches))
+    total = 0.0
+    for i in range(batches):
+        x, y = data.validation_batch(i)
+        loss = _forward_backward(state, x, y, backward=False)
+        dist.all_reduce(loss)
+        total += float(loss)
+    return {"step": state.step, "loss": total / batches, "tokens": batches * state.plan["global_batch"] * state.seq_len}
 
 
 @torch.no_grad()
