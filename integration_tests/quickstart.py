@@ -33,15 +33,14 @@ def tool(args: list[str], *, capture_stderr: bool = False, check: bool = True) -
 
 
 def corpus_path() -> str | None:
-    """The text shipped with galvatron-run (found by path, without importing the package)."""
+    """The English text shipped with galvatron-run (found by path, without importing the package)."""
     import importlib.util
 
     spec = importlib.util.find_spec("galvatron_run")
     if spec is None or spec.origin is None:
         return None
-    corpus = Path(spec.origin).parent / "corpus"
-    texts = sorted(corpus.glob("*.txt")) if corpus.is_dir() else []
-    return str(texts[0]) if texts else None
+    text = Path(spec.origin).parent / "corpus" / "english.txt"
+    return str(text) if text.is_file() else None
 
 
 def choose_budget(cost_model: Path, global_batch: int) -> float:
