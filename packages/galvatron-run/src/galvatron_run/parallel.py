@@ -350,7 +350,7 @@ def sync_grads(units: list[Unit], env: Env, tie: tuple[nn.Parameter, nn.Paramete
             total = local(emb.grad) + local(head.grad)
             local(emb.grad).copy_(total)
             local(head.grad).copy_(total)
-        else:
+        elif emb is not None or head is not None:     # middle stages hold neither copy: nothing to exchange
             pair = env.group(sorted({env.j, (pp - 1) * env.size + env.j}))
             g = (emb if emb is not None else head).grad
             if tie_same_layout:               # rank j's shard is the same slice at both ends

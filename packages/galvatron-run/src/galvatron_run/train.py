@@ -325,10 +325,12 @@ def train_step(state: TrainState, data, memory: PeakMemory | None = None, saved:
     x, y = data.batch(state.step)
     lr = state.optimizer.param_groups[0]["lr"]
     acc = {}
+    # Free the previous step's gradients before the measured region: the CPU profiler cannot see frees of storages
+    # allocated before it started, so zeroing inside it would count the old gradients in the baseline and again new.
+    state.optimizer.zero_grad(set_to_none=True)
     dist.barrier()
     t0 = time.perf_counter()
     with (memory.measure() if memory else contextlib.nullcontext()):
-        state.optimizer.zero_grad(set_to_none=True)
         with (saved.hooks() if saved else contextlib.nullcontext()):
             loss = _forward_backward(state, x, y)
         sync_grads(state.units, state.env, state.tie, state.env.pp, state.tie_same_layout)
