@@ -62,3 +62,61 @@ def test_in_process_profile_of_a_gpt_model():
     for e in doc["layers"]:
         assert (e["param_count"], e["param_count_tp_replicated"]) == gpt_params_by_hand(e["layer"], e["tp"])
         assert e["memory"][0]["saved_bytes_per_sample"] == saved_bytes_per_sample(GPT, e["layer"], e["tp"], 16)
+
+
+def _late_rank():
+    """Rank 1 starts its 50 ms of work 100 ms after rank 0 (as when it is scheduled late after the barrier)."""
+    import time
+
+    from galvatron_probe.bandwidth import Timer
+    from galvatron_probe.launch import close_distributed, init_distributed
+
+    d = init_distributed("gloo", timeout_s=30)
+    timer = Timer(d.device, timeout_s=30)
+    timer.barrier()
+    if d.rank == 1:
+        time.sleep(0.1)
+    stamp = timer.stamp(lambda: time.sleep(0.05))
+    spans, own = timer.spans([stamp]), timer.slowest([stamp[1] - stamp[0]])
+    close_distributed()
+    return spans[0], own[0]
+
+
+def test_a_repeat_counts_from_the_common_start_to_the_slowest_finish():
+    from galvatron_probe.launch import run_ranks
+
+    span, own = run_ranks(_late_rank, 2)
+    assert 0.05 <= own < 0.1            # each rank's own timer sees only its 50 ms
+    assert span >= 0.15                 # from the common start: 100 ms late + 50 ms of work
+
+
+def test_optimizer_step_is_measured_and_fitted(llama_profile):
+    from galvatron_probe.optimizer import fit_line, tensor_sizes
+
+    o = llama_profile["optimizer_step"]
+    assert (o["optimizer"], o["clip_grad_norm"]) == ("adamw", True)
+    decoder = next(e for e in llama_profile["layers"] if e["layer"] == "decoder" and e["tp"] == 1)
+    counts = [p["param_count"] for p in o["points"]]
+    assert counts == [k * decoder["param_count"] for k in (1, 2, 4)]      # k copies of one tp-1 decoder's tensors
+    assert [p["tensors"] for p in o["points"]] == [k * len(tensor_sizes(llama_profile["model"])) for k in (1, 2, 4)]
+    for p in o["points"]:
+        assert p["time"]["repeats"] == 5 and 0 < p["time"]["min_s"] <= p["time"]["median_s"]
+    assert (o["fixed_s"], o["per_param_s"]) == fit_line(counts, [p["time"]["median_s"] for p in o["points"]])
+    assert o["fixed_s"] + o["per_param_s"] * counts[-1] > 0
+
+
+def test_fit_line_is_least_squares_clamped_at_zero():
+    from galvatron_probe.optimizer import fit_line
+
+    assert fit_line([1, 2, 4], [3, 5, 9]) == pytest.approx((1.0, 2.0))
+    assert fit_line([1, 2, 4], [1, 3, 7]) == (0.0, pytest.approx(35 / 21))   # negative intercept: through 0
+    assert fit_line([1, 2, 4], [5, 4, 3]) == (4.0, 0.0)                     # falling: the mean, no slope
+
+
+def test_shrunk_tensor_sizes_keep_their_proportions():
+    from galvatron_probe.optimizer import tensor_sizes
+
+    full = tensor_sizes(LLAMA)
+    half = tensor_sizes(LLAMA, max_params=sum(full) // 2)
+    assert len(half) == len(full) and sum(half) <= sum(full) // 2
+    assert all(abs(h - f / 2) <= 1 for h, f in zip(half, full))

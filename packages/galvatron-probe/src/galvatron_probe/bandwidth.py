@@ -109,12 +109,13 @@ def resolve(opts: BandwidthOptions, world: int, ranks_per_node: int, cuda: bool)
 class Timer:
     """Barrier-synchronised timing of one rank's call; CUDA events on GPU, a monotonic wall clock on CPU."""
 
-    def __init__(self, device, timeout_s: float, distributed: bool = True):
+    def __init__(self, device, timeout_s: float, distributed: bool = True, shared_clock: bool = True):
         import torch
         import torch.distributed as dist
 
         self.torch, self.dist, self.device, self.timeout_s = torch, dist, device, timeout_s
         self.cuda, self.distributed = device.type == "cuda", distributed
+        self.shared_clock = shared_clock and not self.cuda  # CPU ranks of one host: one monotonic clock
 
     def barrier(self) -> None:
         if self.cuda:
@@ -137,6 +138,25 @@ class Timer:
         t0 = time.perf_counter()
         fn()
         return time.perf_counter() - t0
+
+    def stamp(self, fn) -> tuple[float, float]:
+        """(start, end) of one call, to be passed to ``spans``. CPU ranks of one host read one monotonic clock, so
+        the span from the earliest start to the latest end is the slowest rank's finish counted from the common
+        start: ranks that share cores run in turns, and each rank's own timer would see an uncontended core.
+        Elsewhere (GPU: CUDA events; CPU over several hosts: own time up to a barrier after the work) (0, time)."""
+        if self.shared_clock:
+            t0 = time.perf_counter()
+            fn()
+            return t0, time.perf_counter()
+        if self.cuda or not self.distributed:
+            return 0.0, self.time(fn)
+        return 0.0, self.time(lambda: (fn(), self.barrier()))
+
+    def spans(self, stamps: list[tuple[float, float]]) -> list[float]:
+        """Per repeat, the latest end minus the earliest start over all ranks (one MAX all-reduce)."""
+        ends = self.slowest([e for _, e in stamps] + [-s for s, _ in stamps])
+        n = len(stamps)
+        return [e + s for e, s in zip(ends[:n], ends[n:])]
 
     def slowest(self, times: list[float]) -> list[float]:
         """Per repeat, the maximum over all ranks."""

@@ -5,8 +5,10 @@
 
 For each layer kind (decoder, embedding, head) and TP degree t, the probe's own reference shard (layers.py) is
 timed for every (sequence length, micro-batch size): forward, backward, and backward under full recompute (the
-recomputed forward included). Every launched rank measures at once, between barriers, and the slowest rank's time
-of each repeat is kept. Memory (memory.py) is exact and per sample; parameters are read off the modules.
+recomputed forward included). Every launched rank measures at once; each repeat starts at a barrier and counts to
+the slowest rank's finish from that common start (ranks sharing cores run in turns, as in a training step). The
+optimizer step (optimizer.py: AdamW + gradient clipping, all ranks at once) is fitted against parameters per rank.
+Memory (memory.py) is exact and per sample; parameters are read off the modules.
 """
 from __future__ import annotations
 
@@ -89,7 +91,8 @@ def resolve(opts: ComputeOptions, cuda: bool) -> ComputePlan:
 
 
 def time_layer(module, args, grad, timer, warmup: int, repeats: int) -> dict:
-    """Forward, backward and recompute-backward times of one shard on one micro-batch, slowest rank per repeat."""
+    """Forward, backward and recompute-backward times of one shard on one micro-batch: per repeat, from the barrier
+    all ranks leave together to the slowest rank's finish (``Timer.stamp``)."""
     from torch.utils.checkpoint import checkpoint
 
     fwd, bwd, rec = [], [], []
@@ -103,16 +106,16 @@ def time_layer(module, args, grad, timer, warmup: int, repeats: int) -> dict:
 
     for i in range(warmup + repeats):
         timer.barrier()
-        tf = timer.time(forward)
+        tf = timer.stamp(forward)
         timer.barrier()
-        tb = timer.time(backward)
+        tb = timer.stamp(backward)
         forward(wrap=True)
         timer.barrier()
-        tr = timer.time(backward)
+        tr = timer.stamp(backward)
         if i >= warmup:
             fwd.append(tf), bwd.append(tb), rec.append(tr)
     n = len(fwd)
-    slow = timer.slowest(fwd + bwd + rec)
+    slow = timer.spans(fwd + bwd + rec)
     return {"forward": timing_stats(slow[:n]), "backward": timing_stats(slow[n:2 * n]),
             "backward_recompute": timing_stats(slow[2 * n:])}
 
@@ -125,6 +128,7 @@ def compute_worker(opts: ComputeOptions) -> dict | None:
     from .launch import close_distributed, init_distributed, set_threads
     from .layers import build_shard, make_inputs, param_split
     from .memory import saved_bytes_per_sample, workspace_bytes_per_sample
+    from .optimizer import time_optimizer_step
 
     t_start = time.perf_counter()
     d = init_distributed(None, opts.timeout_s)
@@ -132,8 +136,8 @@ def compute_worker(opts: ComputeOptions) -> dict | None:
         threads = set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))
         plan = resolve(opts, d.device.type == "cuda")
         dtype = torch.float32 if plan.dtype == "fp32" else torch.bfloat16
-        timer = Timer(d.device, opts.timeout_s, distributed=d.world > 1)
-        steps = len(plan.layers) * len(plan.tp_degrees) * len(plan.seq_lens) * (len(plan.micro_batch_sizes) + 1)
+        timer = Timer(d.device, opts.timeout_s, distributed=d.world > 1, shared_clock=d.ranks_per_node == d.world)
+        steps = len(plan.layers) * len(plan.tp_degrees) * len(plan.seq_lens) * (len(plan.micro_batch_sizes) + 1) + 1
         progress = Progress(steps, "compute", enabled=opts.progress and d.is_main)
         entries = []
         for layer in plan.layers:
@@ -159,6 +163,9 @@ def compute_worker(opts: ComputeOptions) -> dict | None:
                     del module
                 entries.append({"layer": layer, "tp": t, "param_count": total, "param_count_tp_replicated": replicated,
                                 "memory": memory, "timings": timings})
+        with timer.named("timing the optimizer step"):
+            optimizer_step = time_optimizer_step(plan.spec, timer, d.device, plan.warmup, plan.repeats)
+        progress.step("optimizer step")
         timer.barrier()
     finally:
         close_distributed()
@@ -173,5 +180,6 @@ def compute_worker(opts: ComputeOptions) -> dict | None:
                      "device": device_info(d.device), "warmup": plan.warmup, "repeats": plan.repeats,
                      "quick": opts.quick, "elapsed_s": time.perf_counter() - t_start},
         "layers": entries,
+        "optimizer_step": optimizer_step,
     }
 
