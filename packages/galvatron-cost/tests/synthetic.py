@@ -121,10 +121,11 @@ def shard_params(spec, layer, t):
 COMPUTE = {"decoder": (2e-4, 4e-7), "embedding": (5e-5, 1e-8), "head": (1e-4, 2e-7)}   # fixed_s, per_token_s at tp1
 BACKWARD = 2.1
 RECOMPUTE = 3.05
+OPTIMIZER = (0.015, 9.6e-9)       # fixed_s, per_param_s of AdamW + clipping (bench README, finding 2)
 
 
 def model_profile(spec, tp_degrees=(1, 2), seq_lens=(32,), mbs=(1, 2, 4), dtype="fp32", noise=0.0, seed=0,
-                  seq_coef=0.0, device="cpu"):
+                  seq_coef=0.0, device="cpu", optimizer=False):
     rng = np.random.default_rng(seed)
     e = 4 if dtype == "fp32" else 2
     h, a = spec["hidden"], spec["heads"]
@@ -156,9 +157,16 @@ def model_profile(spec, tp_degrees=(1, 2), seq_lens=(32,), mbs=(1, 2, 4), dtype=
             layers.append({"layer": kind, "tp": t, "param_count": pc, "param_count_tp_replicated": rep,
                            "memory": memory, "timings": timings})
     dev = {"type": device, "name": "synthetic-cpu" if device == "cpu" else "synthetic-gpu"}
-    return {"kind": "model-profile", "schema_version": "1.0", "producer": {"name": "tests", "version": "0"},
-            "model": dict(spec),
-            "settings": {"dtype": dtype, "seq_lens": list(seq_lens), "micro_batch_sizes": list(mbs),
-                         "tp_degrees": list(tp_degrees), "concurrent_ranks": 1, "threads_per_rank": 1,
-                         "device": dev, "warmup": 1, "repeats": 5, "quick": True},
-            "layers": layers}
+    doc = {"kind": "model-profile", "schema_version": "1.0", "producer": {"name": "tests", "version": "0"},
+           "model": dict(spec),
+           "settings": {"dtype": dtype, "seq_lens": list(seq_lens), "micro_batch_sizes": list(mbs),
+                        "tp_degrees": list(tp_degrees), "concurrent_ranks": 1, "threads_per_rank": 1,
+                        "device": dev, "warmup": 1, "repeats": 5, "quick": True},
+           "layers": layers}
+    if optimizer:
+        fixed, per_param = OPTIMIZER
+        doc["optimizer_step"] = {"optimizer": "adamw", "clip_grad_norm": True, "fixed_s": fixed,
+                                 "per_param_s": per_param,
+                                 "points": [{"param_count": n, "time": _timing(fixed + per_param * n)}
+                                            for n in (1 << 20, 1 << 21, 1 << 22)]}
+    return doc

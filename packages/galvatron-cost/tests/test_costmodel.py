@@ -218,3 +218,30 @@ def test_single_rank_profile():
     assert [(p["pp"], len(p["strategies"])) for p in doc["pipelines"]] == [(1, 5)]    # tp1 ddp, rc on/off
     with pytest.raises(DocumentError, match="no intra-node group"):
         fit(hw, mp, gpus_per_node=2)                   # several ranks per node from one rank per node
+
+
+def test_optimizer_step_by_hand():
+    """The profile's fit times the parameters each rank updates: all of the shard under ddp, 1/dp under zero2/3."""
+    fixed, per_param = synthetic.OPTIMIZER
+    doc = fit(synthetic.hardware_profile(1, 2), synthetic.model_profile(TINY, optimizer=True))
+    assert schema_errors(doc, "cost-model", "1.0") == []
+    assert doc["optimizer_step"] == {"fixed_s": fixed, "per_param_s": per_param, "measured": True,
+                                     "optimizer": "adamw"}
+    P = 12 * 64 * 64 + 13 * 64                          # one gpt2 block, h = 64; every dim 0 even
+    for sharding, held in (("ddp", P), ("zero2", P // 2), ("zero3", P // 2)):
+        for rc in ("", "/rc"):
+            st = _strategy(doc, 1, f"decoder/tp1-c/{sharding}{rc}")
+            assert st["time"]["optimizer_step_s"] == pytest.approx(per_param * held, rel=1e-12)
+    tp2 = _strategy(doc, 1, "decoder/tp2-c/ddp")          # tp 2, dp 1: the tp shard (replicated norms/biases whole)
+    count, _ = synthetic.shard_params(TINY, "decoder", 2)
+    assert tp2["time"]["optimizer_step_s"] == pytest.approx(per_param * count, rel=1e-12)
+    assert _strategy(doc, 1, "head/tp1-c/ddp")["time"]["optimizer_step_s"] == pytest.approx(per_param * 2 * 64)
+    assert _strategy(doc, 2, "head/tp1-c/ddp")["time"]["optimizer_step_s"] == pytest.approx(
+        per_param * (2 * 64 + 256 * 64))                 # the last stage's copy of the tied table at pp = 2
+
+
+def test_a_profile_without_optimizer_step_counts_it_as_zero(two_ranks):
+    assert two_ranks["optimizer_step"] == {"fixed_s": 0.0, "per_param_s": 0.0, "measured": False}
+    assert any("no optimizer_step" in n for n in two_ranks["notes"])
+    for pipe in two_ranks["pipelines"]:
+        assert all(s["time"]["optimizer_step_s"] == 0.0 for s in pipe["strategies"])

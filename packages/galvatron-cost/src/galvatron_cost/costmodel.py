@@ -82,6 +82,7 @@ class Builder:
         self._check_seq()
         self.comm = CommModel(hw, HW)
         self._compute_fits()
+        self._optimizer_fit()
         self.used_coll: OrderedDict[tuple[str, Topology], dict] = OrderedDict()
 
     # --- input checks -----------------------------------------------------------------------------------------
@@ -131,6 +132,20 @@ class Builder:
         if tp not in fits:
             fits[tp] = derive_tp({t: f for t, f in fits.items() if not next(iter(f.values())).extrapolated}, tp)
         return fits[tp]
+
+    def _optimizer_fit(self):
+        """fixed_s + per_param_s * parameters held: the profile's optimizer_step (0 and a note where absent)."""
+        o = self.mp.get("optimizer_step")
+        if o is None:
+            self.optim = {"fixed_s": 0.0, "per_param_s": 0.0, "measured": False}
+            self.notes.append("the model profile has no optimizer_step (an older galvatron-probe); the optimizer "
+                              "step is counted as 0 s")
+            return
+        self.optim = {"fixed_s": float(o["fixed_s"]), "per_param_s": float(o["per_param_s"]), "measured": True,
+                      "optimizer": o["optimizer"]}
+        if o["optimizer"] != self.optimizer:
+            self.notes.append(f"optimizer step timed for {o['optimizer']} but {self.optimizer} training was asked; "
+                              f"the {o['optimizer']} time is used")
 
     # --- memory inputs ----------------------------------------------------------------------------------------
     def split(self, layer: str, tp: int, recompute: bool) -> dict:
@@ -338,6 +353,7 @@ class Builder:
             alpha, per_byte = self.coll("all_reduce", [topo], "strided", (pp - 1) * S, where)
             sync += alpha + wire_factor("all_reduce", 2) * 4 * tied_n * per_byte
         states = model_states(P, P_d, sharding, self.dtype, self.optimizer)
+        optim_s = self.optim["per_param_s"] * (P if sharding == "ddp" else P_d)   # parameters this rank updates
         full = self.split(layer, t, False)
         gathered = GATHERED_INPUTS[layer] * s * h * e       # saved whole under sp (see memory.py)
         act = activation_per_sample(self.split(layer, t, True), t, sp, d) if rc else \
@@ -351,7 +367,7 @@ class Builder:
             "time": {"forward": _lin(*fwd), "backward": _lin(*bwd), "forward_comm": _lin(*fcomm),
                      "backward_comm": _lin(*bcomm), "param_gather_forward_s": float(gather_f),
                      "param_gather_backward_s": float(gather_b), "grad_reduce_per_microbatch_s": float(reduce_mb),
-                     "grad_sync_s": float(sync)},
+                     "grad_sync_s": float(sync), "optimizer_step_s": float(optim_s)},
             "memory": {"param_bytes": int(states["param_bytes"]), "grad_bytes": int(states["grad_bytes"]),
                        "optimizer_bytes": int(states["optimizer_bytes"]),
                        "activation": {"fixed_bytes": 0, "per_sample_bytes": float(act)},
@@ -427,6 +443,7 @@ class Builder:
             "cluster": cluster,
             "training": {"seq_len": self.seq, "dtype": self.dtype, "optimizer": self.optimizer,
                          "runtime_overhead_bytes": self.overhead},
+            "optimizer_step": dict(self.optim),
             "overlap": overlap,
             "fits": {"collectives": colls, "p2p": p2p_fits, "compute": compute},
             "pipelines": pipelines,
