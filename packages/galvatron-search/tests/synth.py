@@ -23,6 +23,8 @@ def cost_model(seed: int, nodes: int = 1, gpus_per_node: int = 4, layers: int = 
     """A random cost model: every pipeline degree that divides the world, a few random layouts and strategies
     (at most `max_dec` decoder and `max_ends` embedding/head strategies per pipeline degree)."""
     rng = random.Random(seed)
+    orng = random.Random(f"optimizer {seed}")      # its own stream: the other numbers stay those of `seed`
+    optimizer = orng.random() < 0.75                # else a document from before the optimizer step was modelled
     world = nodes * gpus_per_node
     pipelines = []
     for pp in [d for d in (1, 2, 4, 8) if world % d == 0 and d <= layers]:
@@ -52,6 +54,8 @@ def cost_model(seed: int, nodes: int = 1, gpus_per_node: int = 4, layers: int = 
                 if rc:
                     bwd["per_sample_s"] += fwd["per_sample_s"]
                 zero3 = sh == "zero3" and lay["dp"] > 1
+                opt = {"optimizer_step_s": orng.uniform(0, 1e-2) / (lay["dp"] if sh != "ddp" else 1)} \
+                    if optimizer else {}
                 strategies.append({
                     "id": f"{kind[0]}-{lay['id']}-{sh}-{int(rc)}", "layer": kind, "layout": lay["id"],
                     "dp_sharding": sh, "recompute": rc,
@@ -62,7 +66,8 @@ def cost_model(seed: int, nodes: int = 1, gpus_per_node: int = 4, layers: int = 
                              "param_gather_backward_s": rng.uniform(0, 5e-3) if zero3 else 0.0,
                              "grad_reduce_per_microbatch_s":
                                  rng.uniform(0, 5e-3) if sh != "ddp" and lay["dp"] > 1 else 0.0,
-                             "grad_sync_s": rng.uniform(0, 3e-2) if sh == "ddp" and lay["dp"] > 1 else 0.0},
+                             "grad_sync_s": rng.uniform(0, 3e-2) if sh == "ddp" and lay["dp"] > 1 else 0.0,
+                             **opt},
                     "memory": {"param_bytes": rng.randint(2 ** 26, 2 ** 29),
                                "grad_bytes": rng.randint(2 ** 26, 2 ** 29),
                                "optimizer_bytes": rng.randint(2 ** 26, 2 ** 30),
@@ -71,7 +76,7 @@ def cost_model(seed: int, nodes: int = 1, gpus_per_node: int = 4, layers: int = 
                 })
         pipelines.append({"pp": pp, "stage_ranks": S, "layouts": layouts, "transitions": transitions,
                           "strategies": strategies})
-    return {
+    doc = {
         "kind": "cost-model", "schema_version": "1.0",
         "producer": {"name": "galvatron-search-tests", "version": "0", "note": f"synthetic, seed {seed}"},
         "inputs": [],
@@ -86,6 +91,9 @@ def cost_model(seed: int, nodes: int = 1, gpus_per_node: int = 4, layers: int = 
         "fits": {"collectives": [], "p2p": [], "compute": []},
         "pipelines": pipelines,
     }
+    if optimizer:
+        doc["optimizer_step"] = {"fixed_s": orng.uniform(0, 2e-2), "per_param_s": 1e-9, "measured": True}
+    return doc
 
 
 def compositions(total: int, parts: int):

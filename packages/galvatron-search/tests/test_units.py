@@ -43,3 +43,42 @@ def test_groups_follow_the_convention():
     for tp in (1, 2, 4, 8):
         for layout in ("consecutive", "strided"):
             assert groups(tp, layout, 8, 16) == rank_groups(range(16, 24), tp, layout)
+
+
+def _without_optimizer(cm):
+    import copy
+
+    cm = copy.deepcopy(cm)
+    cm.pop("optimizer_step", None)
+    for pipe in cm["pipelines"]:
+        for s in pipe["strategies"]:
+            s["time"].pop("optimizer_step_s", None)
+    return cm
+
+
+def test_optimizer_step_once_per_iteration_on_each_stage():
+    """c_i = K t_i + x_i + fixed_s + the stage's layers' optimizer_step_s; documents without them count 0."""
+    from synth import cost_model
+
+    from galvatron_search.costs import CostTables
+    from galvatron_search.evaluate import Spec, evaluate_spec, predictions
+
+    cm = next(c for c in (cost_model(seed, 1, 4, 4) for seed in range(50))
+              if "optimizer_step" in c and any(p["pp"] == 2 for p in c["pipelines"]))
+    with_opt, without = CostTables(cm), CostTables(_without_optimizer(cm))
+    pipe = with_opt.pipeline(2)
+    spec = Spec(pp=2, b=4, m=4, schedule="1f1b", bounds=[0, 1, 4], dec=[0] * 4, emb=0, head=0)
+    a, z = evaluate_spec(with_opt, spec), evaluate_spec(without, spec)
+    fixed = cm["optimizer_step"]["fixed_s"]
+    row = {kind: pipe.kinds[kind].entries[0]["time"]["optimizer_step_s"] for kind in ("decoder", "embedding", "head")}
+    assert row["decoder"] > 0 and fixed > 0
+    expected = [fixed + row["embedding"] + row["decoder"], fixed + 3 * row["decoder"] + row["head"]]
+    for i in (0, 1):
+        assert math.isclose(a["stages"][i]["c"] - z["stages"][i]["c"], expected[i], rel_tol=1e-12)
+        assert math.isclose(a["stages"][i]["opt"], expected[i], rel_tol=1e-12)
+        assert z["stages"][i]["opt"] == 0.0
+    pa, pz = predictions(with_opt, spec, a), predictions(without, spec, z)
+    assert math.isclose(pa["breakdown"]["optimizer_step_s"], expected[a["critical_stage"]], rel_tol=1e-12)
+    assert pz["breakdown"]["optimizer_step_s"] == 0.0
+    for p in (pa, pz):
+        assert math.isclose(sum(p["breakdown"].values()), p["iteration_time_s"], rel_tol=1e-12)

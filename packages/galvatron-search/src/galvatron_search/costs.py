@@ -53,6 +53,7 @@ class KindTable:
     gather_bwd: np.ndarray
     reduce_mb: np.ndarray
     sync: np.ndarray            # per iteration
+    opt: np.ndarray             # per iteration: optimizer step on the parameters the layer's rank holds
     params: np.ndarray          # bytes
     grads: np.ndarray
     optim: np.ndarray
@@ -100,6 +101,8 @@ class CostTables:
         self.cs = max(1.0, float(o["compute_slowdown"]))
         self.ks = max(1.0, float(o["comm_slowdown"]))
         self.overhead = float(cost_model["training"].get("runtime_overhead_bytes", 0))
+        # the optimizer step's fixed part, once per stage and iteration (older documents: none)
+        self.optim_fixed = float(cost_model.get("optimizer_step", {}).get("fixed_s", 0.0))
         self.layers = int(cost_model["model"]["layers"])
         self.tied = bool(cost_model["model"]["tied_embeddings"])
         self.world = int(cost_model["cluster"]["world_size"])
@@ -170,6 +173,7 @@ class CostTables:
                 gather_bwd=np.array([t["param_gather_backward_s"] for t in tm], dtype=float),
                 reduce_mb=np.array([t["grad_reduce_per_microbatch_s"] for t in tm], dtype=float),
                 sync=np.array([t["grad_sync_s"] for t in tm], dtype=float),
+                opt=np.array([t.get("optimizer_step_s", 0.0) for t in tm], dtype=float),
                 params=np.array([m["param_bytes"] for m in mem], dtype=float),
                 grads=np.array([m["grad_bytes"] for m in mem], dtype=float),
                 optim=np.array([m["optimizer_bytes"] for m in mem], dtype=float),
@@ -198,6 +202,7 @@ class LayerCosts:
     f: np.ndarray          # forward part of t
     g: np.ndarray          # backward part of t
     sync: np.ndarray       # exposed once-per-iteration gradient synchronisation (last micro-batch)
+    opt: np.ndarray        # once-per-iteration optimizer step, the per-parameter part (after the sync)
     states: np.ndarray     # params + grads + optimizer bytes
     act: np.ndarray        # activation bytes per micro-batch in flight
     ws: np.ndarray         # workspace bytes
@@ -214,7 +219,7 @@ def layer_costs(k: KindTable, b: float, cs: float, ks: float) -> LayerCosts:
     g = b_ov + bc
     sync = overlap(g, k.sync, cs, ks) - g
     return LayerCosts(fwd=F, bwd=B, comm=fc + bc, exposed=(f_ov - F) + (b_ov - B), t=f + g, f=f, g=g,
-                      sync=sync, states=k.states, act=lin(k.act, b), ws=lin(k.ws, b))
+                      sync=sync, opt=k.opt, states=k.states, act=lin(k.act, b), ws=lin(k.ws, b))
 
 
 def layer_memory(states, act, inflight: int):

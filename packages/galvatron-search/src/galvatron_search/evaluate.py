@@ -9,7 +9,9 @@ Composition, for pp stages, micro-batch size b, m micro-batches (K = m + pp - 1)
             zero3 gathers and gradient reduce-scatter overlapped with compute, layout changes into each layer)
             + p2p: the activation sent to stage i+1 and the gradient sent back to stage i-1
     x_i   = the stage's once-per-iteration gradient all-reduce (ddp) not hidden by its last backward
-    c_i   = K * t_i + x_i           (m micro-batches and pp - 1 slots of fill and drain, then the exposed sync)
+    o_i   = the optimizer step after it: the cost model's optimizer_step.fixed_s + the stage's layers'
+            optimizer_step_s (per parameter held; 0 in documents without them)
+    c_i   = K * t_i + x_i + o_i     (m micro-batches and pp - 1 slots of fill and drain, the exposed sync, the step)
     T     = max_i c_i               >= (m + pp - 1) * slowest stage: the bubble is (pp - 1) x the slowest stage
     mem_i = states + inflight_i * activations + max workspace + runtime overhead
             (inflight: 1F1B min(pp - i, m), GPipe m)
@@ -61,8 +63,9 @@ def evaluate_spec(tables: CostTables, spec: Spec, budget: float | None = None, b
     stages = []
     for i in range(p):
         stages.append(dict(index=i, compute_fwd=0.0, compute_bwd=0.0, comm=0.0, exposed=0.0, transitions=0.0,
-                           p2p=0.0, f=0.0, g=0.0, sync=0.0, params=0.0, grads=0.0, optim=0.0, act=0.0, ws=0.0,
-                           units=0.0, layouts=[], inflight=inflight(spec.schedule, p, i, m), last_layout=None))
+                           p2p=0.0, f=0.0, g=0.0, sync=0.0, opt=tables.optim_fixed, params=0.0, grads=0.0,
+                           optim=0.0, act=0.0, ws=0.0, units=0.0, layouts=[],
+                           inflight=inflight(spec.schedule, p, i, m), last_layout=None))
     prev_layout = None
     for kind, row, i in chain:
         st = stages[i]
@@ -83,6 +86,7 @@ def evaluate_spec(tables: CostTables, spec: Spec, budget: float | None = None, b
         st["f"] += lc.f[row]
         st["g"] += lc.g[row]
         st["sync"] += lc.sync[row]
+        st["opt"] += lc.opt[row]
         st["params"] += k.params[row]
         st["grads"] += k.grads[row]
         st["optim"] += k.optim[row]
@@ -97,7 +101,7 @@ def evaluate_spec(tables: CostTables, spec: Spec, budget: float | None = None, b
             st["p2p"] += p2p[st["last_layout"]]
             st["f"] += p2p[st["last_layout"]]
         st["t"] = st["compute_fwd"] + st["compute_bwd"] + st["comm"] + st["exposed"] + st["transitions"] + st["p2p"]
-        st["c"] = K * st["t"] + st["sync"]
+        st["c"] = K * st["t"] + st["sync"] + st["opt"]
         st["activations"] = st["inflight"] * st["act"]
         st["total"] = st["params"] + st["grads"] + st["optim"] + st["activations"] + st["ws"] + tables.overhead
         if budget is not None:
@@ -128,6 +132,7 @@ def predictions(tables: CostTables, spec: Spec, result: dict) -> dict:
         "pipeline_p2p_s": m * st["p2p"],
         "pipeline_bubble_s": (spec.pp - 1) * st["t"],
         "grad_sync_exposed_s": st["sync"],
+        "optimizer_step_s": st["opt"],
     }
     return {
         "iteration_time_s": T,

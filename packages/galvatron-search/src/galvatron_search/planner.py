@@ -2,7 +2,7 @@
 
 For a fixed global batch B, every (pp, micro-batch size b, schedule) is one sub-problem; K = m + pp - 1.
 
-1. Per-layer costs (`costs.layer_costs`): c_s = K * t_s + sync_s for every strategy s; memory per layer
+1. Per-layer costs (`costs.layer_costs`): c_s = K * t_s + sync_s + opt_s for every strategy s; memory per layer
    states_s + inflight * act_s. Strategies dominated in (cost + worst layout-change penalty, states, activations,
    workspace) are dropped (exact).
 2. Stage DP, per stage i (stages only differ in in-flight micro-batches and in holding the embedding or head):
@@ -15,7 +15,8 @@ For a fixed global batch B, every (pp, micro-batch size b, schedule) is one sub-
    workspace is at most w and leaving U - w units for the layers.
    After n layers it records R_i[n, e, x], the least stage cost with n decoder layers, entry e and exit x.
 3. Partition DP: H_i[k, x] = min over n, e of max(H_{i-1}[k - n, e], R_i[n, e, x]) (the iteration time is the
-   largest stage cost c_i = K t_i + x_i).
+   largest stage cost c_i = K t_i + x_i). The optimizer step's fixed part F is the same in every stage of every
+   plan, so the DPs leave it out and the sub-problem results are compared as DP value + F.
 4. Branch and bound over (pp, b, schedule): a lower bound (sum of the cheapest layer costs over pp) orders and
    prunes the sub-problems, and the incumbent bounds the layers a stage can hold (n * cheapest layer < best).
    The first incumbent is the best uniform plan (the Megatron-style baseline, itself in the space).
@@ -137,7 +138,7 @@ def _kind(tables, pipe, kind, opts, b, K, cls_map=None) -> Kind:
     cls = None
     if cls_map is not None:
         cls = np.array([cls_map[(int(k.layout[r]), int(k.sharding[r]))] for r in ok], dtype=int)
-    return Kind(rows=ok, layout=k.layout[ok], c=(K * lc.t + lc.sync)[ok], states=lc.states[ok], act=lc.act[ok],
+    return Kind(rows=ok, layout=k.layout[ok], c=(K * lc.t + lc.sync + lc.opt)[ok], states=lc.states[ok], act=lc.act[ok],
                 ws=lc.ws[ok], cls=cls)
 
 
@@ -640,15 +641,15 @@ def _uniform_eval(tables, pipe, p, b, m, sched, bounds, rows, er, hr, budget, U)
         n = bounds[i + 1] - bounds[i]
         a = inflight(sched, p, i, m)
         t = n * d.t[rows]
-        x = n * d.sync[rows]
+        x = n * (d.sync[rows] + d.opt[rows])
         ws = d.ws[rows].copy()
         if i == 0:
             t = t + e.t[er] + tr[el, dl]
-            x = x + e.sync[er]
+            x = x + e.sync[er] + e.opt[er]
             ws = np.maximum(ws, e.ws[er])
         if i == p - 1:
             t = t + h.t[hr] + tr[dl, hl]
-            x = x + h.sync[hr]
+            x = x + h.sync[hr] + h.opt[hr]
             ws = np.maximum(ws, h.ws[hr])
         if i < p - 1:
             t = t + p2p[dl]
@@ -662,7 +663,7 @@ def _uniform_eval(tables, pipe, p, b, m, sched, bounds, rows, er, hr, budget, U)
         if i == p - 1:
             used = used + units(layer_memory(h.states[hr], h.act[hr], a), U, safe)
         fits &= (avail > 0) & (used <= U)
-        T = np.maximum(T, K * t + x)
+        T = np.maximum(T, K * t + x + tables.optim_fixed)
     return T, fits
 
 
@@ -697,14 +698,15 @@ def search_batch(tables: CostTables, opts: Options, B: int, incumbent: float = I
                     continue          # one stage: the same time as 1F1B, with m >= 1 micro-batches in flight
                 subs.append((memory_bound(sub, sched, budget - tables.overhead, U), p, b, sched, sub))
     subs.sort(key=lambda t: (t[0], t[1], t[2], t[3]))
+    F = tables.optim_fixed              # in every stage of every plan: the DPs work without it
     for lb, _p, _b, sched, sub in subs:
-        if lb >= best_T * (1 + REL):
+        if lb + F >= best_T * (1 + REL):
             break
-        found = solve_sub(tables, sub, sched, budget, U, best_T)
+        found = solve_sub(tables, sub, sched, budget, U, best_T - F)
         count += sub.counters.get("cells", 0)
         sub.counters["cells"] = 0
-        if found is not None and found[0] < best_T * (1 - 1e-12):
-            best_T, best = found[0], (sched, sub, found[1])
+        if found is not None and found[0] + F < best_T * (1 - 1e-12):
+            best_T, best = found[0] + F, (sched, sub, found[1])
     if best is None:
         return Result(INF, None, B, count)
     if best[0] == "uniform":
