@@ -85,11 +85,11 @@ def profile(out: Path, model: str, nproc: int) -> tuple[Path, Path]:
     max_bytes = 1 << max(20, (grad_bytes - 1).bit_length())          # the gradient buffer, rounded up
     t0 = time.perf_counter()
     tool("galvatron_probe", "bandwidth", "--nproc", nproc, "--max-bytes", max_bytes, "--no-progress", "-o", hw,
-         log=out / "logs" / "bandwidth.log")
+         log=out / "logs" / "bandwidth.log", timeout=600)
     t1 = time.perf_counter()
     tps = ",".join(str(t) for t in (1, 2, 4, 8, 16) if t <= nproc)
     tool("galvatron_probe", "compute", "--model", model, "--nproc", nproc, "--tp", tps, "--micro-batch-sizes",
-         "1,2,4,8", "--no-progress", "-o", mp, log=out / "logs" / "compute.log")
+         "1,2,4,8", "--no-progress", "-o", mp, log=out / "logs" / "compute.log", timeout=600)
     print(f"profiled: bandwidth {t1 - t0:.0f} s, compute {time.perf_counter() - t1:.0f} s", file=sys.stderr)
     return hw, mp
 
@@ -418,7 +418,12 @@ def main(argv=None) -> int:
     if args.profiles:
         hw, mp = Path(args.profiles) / "hw.json", Path(args.profiles) / "mp.json"
     else:
-        hw, mp = profile(out, args.model, args.nproc)
+        try:
+            hw, mp = profile(out, args.model, args.nproc)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            print(f"profiling failed: {e}")
+            print("MISSED: profiling failed (see the log above)")
+            return 1
     cm = out / "cm.json"
     tool("galvatron_cost", "fit", hw, mp, "-o", cm, log=out / "logs" / "fit.log")
     from galvatron_search._contracts.models import load_model_spec, param_count
