@@ -261,13 +261,19 @@ def test_stop_request_without_a_process_group():
 
 
 def test_second_signal_stops_at_once(capsys):
-    stop = StopRequest(signals=(signal.SIGINT,))
-    os.kill(os.getpid(), signal.SIGINT)
-    assert stop.should_stop()
-    with pytest.raises(KeyboardInterrupt):  # the previous handler (Python's) gets the second one
+    # A background job of a non-interactive shell starts with SIGINT ignored; install Python's handler so the
+    # handler the stop request must hand the second signal back to is known.
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        stop = StopRequest(signals=(signal.SIGINT,))
         os.kill(os.getpid(), signal.SIGINT)
-    assert "second SIGINT: stopping at once" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert stop.should_stop()
+        with pytest.raises(KeyboardInterrupt):  # the previous handler (Python's) gets the second one
+            os.kill(os.getpid(), signal.SIGINT)
+        assert "second SIGINT: stopping at once" in capsys.readouterr().err
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, original)
 
 
 if __name__ == "__main__":
