@@ -4,7 +4,8 @@
     python tools/sync_contracts.py --check  # exit 1, listing every differing file, if a copy drifted
 
 Source of truth: schemas/<kind>/<MAJOR.MINOR>.schema.json and contracts/*.py. Each package ships its own copy
-(package data) so that it installs and runs alone.
+(package data) so that it installs and runs alone. The tests every package runs against its copy
+(contracts/package_tests/test_*.py) are copied into packages/galvatron-*/tests/ the same way.
 """
 from __future__ import annotations
 
@@ -25,8 +26,17 @@ def expected_files() -> dict[str, bytes]:
     return files
 
 
+def expected_tests() -> dict[str, bytes]:
+    """{file name: content} of the tests every package's tests/ must hold."""
+    return {p.name: p.read_bytes() for p in sorted((ROOT / "contracts" / "package_tests").glob("test_*.py"))}
+
+
 def copy_dir(package: str) -> Path:
     return ROOT / "packages" / f"galvatron-{package}" / "src" / f"galvatron_{package}" / "_contracts"
+
+
+def tests_dir(package: str) -> Path:
+    return ROOT / "packages" / f"galvatron-{package}" / "tests"
 
 
 def drift() -> list[str]:
@@ -43,6 +53,12 @@ def drift() -> list[str]:
                 problems.append(f"{target / rel}: not in the source (contracts/ or schemas/)")
             elif have[rel] != want[rel]:
                 problems.append(f"{target / rel}: differs from its source")
+        for name, content in expected_tests().items():
+            copy = tests_dir(package) / name
+            if not copy.is_file():
+                problems.append(f"{copy}: missing")
+            elif copy.read_bytes() != content:
+                problems.append(f"{copy}: differs from its source (contracts/package_tests/{name})")
     return problems
 
 
@@ -55,6 +71,9 @@ def sync() -> None:
         for rel, content in want.items():
             (target / rel).parent.mkdir(parents=True, exist_ok=True)
             (target / rel).write_bytes(content)
+        for name, content in expected_tests().items():
+            tests_dir(package).mkdir(parents=True, exist_ok=True)
+            (tests_dir(package) / name).write_bytes(content)
 
 
 def main() -> int:

@@ -31,6 +31,10 @@ def tree(tmp_path):
     for pkg in PACKAGES:
         src = ROOT / "packages" / f"galvatron-{pkg}" / "src" / f"galvatron_{pkg}" / "_contracts"
         shutil.copytree(src, tmp_path / src.relative_to(ROOT), ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("test_contracts.py", "test_isolation.py"):
+            test = ROOT / "packages" / f"galvatron-{pkg}" / "tests" / name
+            (tmp_path / test.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(test, tmp_path / test.relative_to(ROOT))
     assert check(tmp_path).returncode == 0
     return tmp_path
 
@@ -65,3 +69,11 @@ def test_a_changed_source_schema_without_a_sync_is_detected_and_sync_repairs_it(
     assert done.returncode == 1 and done.stderr.count("differs from its source") == len(PACKAGES)
     subprocess.run([sys.executable, str(tree / "tools" / "sync_contracts.py")], check=True)
     assert check(tree).returncode == 0
+
+
+def test_an_edited_package_copy_of_the_shared_tests_is_detected(tree):
+    (tree / "packages" / "galvatron-search" / "tests" / "test_isolation.py").write_text("# edited\n")
+    (tree / "packages" / "galvatron-probe" / "tests" / "test_contracts.py").unlink()
+    lines = check(tree).stderr
+    assert "galvatron-search/tests/test_isolation.py: differs from its source" in lines
+    assert "galvatron-probe/tests/test_contracts.py: missing" in lines

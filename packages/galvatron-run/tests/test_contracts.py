@@ -2,10 +2,12 @@
 
     pytest -q tests/test_contracts.py
 
-The same tests run in every package against its own copy (galvatron_<x>._contracts), which
-tools/sync_contracts.py keeps identical to contracts/ and schemas/ at the repository root.
+The same tests run in every package against its own copy (galvatron_<x>._contracts, found from this file's
+location); tools/sync_contracts.py copies this file from contracts/package_tests/ and the library from contracts/
+and schemas/, and its --check fails on drift.
 """
 import copy
+import importlib
 import inspect
 import io
 import json
@@ -13,14 +15,15 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 
-from galvatron_run._contracts import documents, models
-
-PACKAGE = documents.__name__.split(".")[0]
+PACKAGE = Path(__file__).resolve().parents[1].name.replace("-", "_")  # packages/galvatron-cost -> galvatron_cost
+documents = importlib.import_module(f"{PACKAGE}._contracts.documents")
+models = importlib.import_module(f"{PACKAGE}._contracts.models")
 D = documents
 M = models
 

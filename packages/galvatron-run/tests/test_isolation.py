@@ -3,7 +3,7 @@
     pytest -q tests/test_isolation.py
 
 The packages share only JSON documents (schemas/). The same file runs in every package; it finds its own package
-from its location (packages/galvatron-<x>/tests/).
+from its location (packages/galvatron-<x>/tests/). Source: contracts/package_tests/, copied by tools/sync_contracts.py.
 """
 import ast
 import importlib.util
