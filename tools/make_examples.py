@@ -23,11 +23,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "packages" / "galvatron-contracts" / "src"))
 
-from contracts.documents import digest  # noqa: E402
-from contracts.models import PRESETS, layer_param_counts  # noqa: E402
-from contracts.ranks import rank_groups, stage_ranks  # noqa: E402
+from galvatron_contracts.documents import digest  # noqa: E402
+from galvatron_contracts.models import PRESETS, layer_param_counts  # noqa: E402
+from galvatron_contracts.ranks import rank_groups, stage_ranks  # noqa: E402
 
 SCHEMAS = ROOT / "schemas"
 H100 = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "memory_bytes": 85520809984, "peak_tflops": 989.4}
@@ -470,7 +470,7 @@ def run_report(plan, steps, warmup, loss0, step_s, devices, torch_version, metho
     median = r6(median)
     world = plan["cluster"]["world_size"]
     device = plan["cluster"]["device"]
-    from contracts.models import training_flops_per_token
+    from galvatron_contracts.models import training_flops_per_token
     flops = training_flops_per_token(plan["model"], plan["training"]["seq_len"]) * tokens
     achieved = flops / median / 1e12
     peak = device.get("peak_tflops")

@@ -78,7 +78,7 @@ def header(title: str) -> str:
 
 def profile(out: Path, model: str, nproc: int) -> tuple[Path, Path]:
     """hardware-profile and model-profile of this machine, taken with ``nproc`` ranks at once."""
-    from galvatron_search._contracts.models import load_model_spec, param_count
+    from galvatron_contracts.models import load_model_spec, param_count
 
     hw, mp = out / "hw.json", out / "mp.json"
     grad_bytes = 4 * param_count(load_model_spec(model))
@@ -104,7 +104,7 @@ def S(tp: int = 1, sharding: str = "ddp", *, sp: bool = False, layout: str = "co
 def build_plan(template: dict, *, bounds: list[int], layers: list[dict], emb: dict, head: dict, micro_batches: int,
                schedule: str = "1f1b") -> dict:
     """A plan document by hand (the rank convention of CONVENTIONS.md), on the template's model and cluster."""
-    from galvatron_search._contracts.ranks import rank_groups, stage_ranks
+    from galvatron_contracts.ranks import rank_groups, stage_ranks
 
     world = template["cluster"]["world_size"]
     pp = len(bounds) - 1
@@ -426,7 +426,7 @@ def main(argv=None) -> int:
             return 1
     cm = out / "cm.json"
     tool("galvatron_cost", "fit", hw, mp, "-o", cm, log=out / "logs" / "fit.log")
-    from galvatron_search._contracts.models import load_model_spec, param_count
+    from galvatron_contracts.models import load_model_spec, param_count
 
     opt_fixed, opt_slope = optimizer_probe(out, args.nproc, param_count(load_model_spec(args.model)))
     sync = step_sync_s(load(hw))

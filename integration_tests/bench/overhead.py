@@ -71,7 +71,7 @@ def worker(args) -> None:
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from galvatron_search._contracts.models import load_model_spec, param_count
+    from galvatron_contracts.models import load_model_spec, param_count
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -28,7 +28,7 @@ import tracemalloc
 from pathlib import Path
 
 import galvatron_search
-from galvatron_search._contracts.documents import validate
+from galvatron_contracts.documents import validate
 from galvatron_search.document import summary
 
 REF = Path(__file__).resolve().parent / "reference"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from contracts.documents import DOCUMENT_KINDS, DocumentError, read_documents
-from contracts.models import PRESETS, check_model_spec
+from galvatron_contracts.documents import DOCUMENT_KINDS, DocumentError, read_documents
+from galvatron_contracts.models import PRESETS, check_model_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "schemas"
@@ -170,7 +170,7 @@ def test_plan_example_follows_the_rank_layout_convention(path):
 
 
 def test_cost_model_examples_cite_their_inputs_and_cover_every_layer_kind():
-    from contracts.documents import digest
+    from galvatron_contracts.documents import digest
 
     cost = valid("cost-model")
     hw, mp = valid("hardware-profile"), valid("model-profile")
@@ -194,7 +194,7 @@ DOCUMENTS = [p for p in VALID if p.parts[-4] != "model-spec"]
 
 @pytest.mark.parametrize("path", DOCUMENTS, ids=name)
 def test_every_example_as_a_newer_minor_with_new_fields_is_read_with_a_warning(path, capsys):
-    from contracts.documents import validate
+    from galvatron_contracts.documents import validate
 
     doc = json.loads(path.read_text())
     doc["schema_version"] = "1.9"

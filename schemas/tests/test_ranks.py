@@ -1,7 +1,7 @@
 """contracts/ranks.py against the convention's definition, exhaustively on small stages."""
 import pytest
 
-from contracts.ranks import local_coords, plan_errors, rank_groups, sample_range, stage_ranks
+from galvatron_contracts.ranks import local_coords, plan_errors, rank_groups, sample_range, stage_ranks
 
 
 @pytest.mark.parametrize("size", [1, 2, 4, 8, 16])

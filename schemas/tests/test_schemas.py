@@ -9,7 +9,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from contracts.documents import DOCUMENT_KINDS, ID_PREFIX, known_versions, parse_version
+from galvatron_contracts.documents import DOCUMENT_KINDS, ID_PREFIX, known_versions, parse_version
 
 SCHEMAS = Path(__file__).resolve().parents[1]
 FILES = sorted(SCHEMAS.glob("*/*.schema.json"))

@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import synthetic  # noqa: E402
 
+from galvatron_contracts.documents import dumps  # noqa: E402
+from galvatron_contracts.models import PRESETS  # noqa: E402
 from galvatron_cost import fit  # noqa: E402
-from galvatron_cost._contracts.documents import dumps  # noqa: E402
-from galvatron_cost._contracts.models import PRESETS  # noqa: E402
 
 TARGET_S, TARGET_MB = 10.0, 8.0
 

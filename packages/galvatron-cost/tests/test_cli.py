@@ -5,8 +5,8 @@ import pytest
 import synthetic
 from click.testing import CliRunner
 
-from galvatron_cost._contracts.documents import schema_errors
-from galvatron_cost._contracts.models import PRESETS
+from galvatron_contracts.documents import schema_errors
+from galvatron_contracts.models import PRESETS
 from galvatron_cost.cli import main
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import synthetic
 
-from galvatron_cost._contracts.documents import DocumentError
+from galvatron_contracts.documents import DocumentError
 from galvatron_cost.comm import (
     CommModel,
     Topology,

@@ -55,7 +55,7 @@ def test_unprofiled_tp_scales_per_token_by_flops():
 def test_unidentified_slope_borrows_from_another_tp_degree():
     import synthetic
 
-    from galvatron_cost._contracts.models import PRESETS
+    from galvatron_contracts.models import PRESETS
     from galvatron_cost.compute import fill_unidentified, fit_layer_phases
 
     mp = synthetic.model_profile(PRESETS["tiny-gpt"], tp_degrees=(1, 2), mbs=(1, 2, 4))

@@ -5,9 +5,9 @@ import json
 import pytest
 import synthetic
 
+from galvatron_contracts.documents import DocumentError, UsageError, dumps, schema_errors
+from galvatron_contracts.models import PRESETS
 from galvatron_cost import fit
-from galvatron_cost._contracts.documents import DocumentError, UsageError, dumps, schema_errors
-from galvatron_cost._contracts.models import PRESETS
 
 TINY = PRESETS["tiny-gpt"]            # 4 layers, h 64, 4 heads, vocab 256, tied
 L = synthetic.LINKS
@@ -197,7 +197,7 @@ def test_real_gloo_profiles_end_to_end(ranks):
     # documents written by galvatron-probe on this 2-core machine (tiny-gpt; committed as data, not imported)
     from pathlib import Path
 
-    from galvatron_cost._contracts.documents import read_documents, route
+    from galvatron_contracts.documents import read_documents, route
 
     data = Path(__file__).parent / "data"
     docs = route(read_documents([str(data / f"hardware-gloo-{ranks}.json"), str(data / f"model-gloo-{ranks}.json")]),

@@ -1,7 +1,7 @@
 """Layouts follow the shared rank convention; redistribution volumes by hand."""
 import pytest
 
-from galvatron_cost._contracts.ranks import local_coords, rank_groups
+from galvatron_contracts.ranks import local_coords, rank_groups
 from galvatron_cost.layouts import Layout, coords, enumerate_layouts, gather_need, local_groups
 
 

@@ -1,7 +1,7 @@
 """Memory formulas against hand-computed closed forms."""
 import pytest
 
-from galvatron_cost._contracts.models import PRESETS, layer_param_counts
+from galvatron_contracts.models import PRESETS, layer_param_counts
 from galvatron_cost.memory import (
     activation_per_sample,
     derive_split,

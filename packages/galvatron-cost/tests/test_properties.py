@@ -5,8 +5,8 @@ import synthetic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from galvatron_contracts.models import PRESETS
 from galvatron_cost import fit
-from galvatron_cost._contracts.models import PRESETS
 from galvatron_cost.memory import activation_per_sample, model_states, sharded_numel
 
 shapes_st = st.lists(st.tuples(st.integers(1, 5000), st.integers(1, 64)), min_size=1, max_size=8).map(

@@ -1,8 +1,8 @@
 """The bandwidth probe on 4 local CPU ranks (gloo), launched once for the file."""
 import pytest
 
+from galvatron_contracts.documents import GalvatronError, validate
 from galvatron_probe import probe_bandwidth
-from galvatron_probe._contracts.documents import GalvatronError, validate
 from galvatron_probe.bandwidth import OPS, Timer
 
 WORLD = 4

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from galvatron_probe._contracts.documents import GalvatronError, UsageError, read_one
+from galvatron_contracts.documents import GalvatronError, UsageError, read_one
 from galvatron_probe.cli import main
 from galvatron_probe.launch import run_ranks
 

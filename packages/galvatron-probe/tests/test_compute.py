@@ -2,8 +2,8 @@
 import pytest
 from test_layers import GPT, LLAMA, gpt_params_by_hand, llama_decoder_by_hand
 
+from galvatron_contracts.documents import validate
 from galvatron_probe import probe_compute
-from galvatron_probe._contracts.documents import validate
 from galvatron_probe.memory import saved_bytes_per_sample
 
 

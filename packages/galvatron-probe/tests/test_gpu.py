@@ -2,8 +2,8 @@
 import pytest
 import torch
 
+from galvatron_contracts.documents import validate
 from galvatron_probe import probe_bandwidth, probe_compute
-from galvatron_probe._contracts.documents import validate
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

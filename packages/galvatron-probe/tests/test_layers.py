@@ -3,7 +3,7 @@ computed here by hand from each layer's tensor shapes (per sample, fp32 unless a
 import pytest
 import torch
 
-from galvatron_probe._contracts.models import layer_param_counts, load_model_spec
+from galvatron_contracts.models import layer_param_counts, load_model_spec
 from galvatron_probe.layers import build_shard, make_inputs, param_split
 from galvatron_probe.memory import saved_bytes_per_sample
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 
-from galvatron_run._contracts.models import load_model_spec
+from galvatron_contracts.models import load_model_spec
 
 
 def S(tp=1, layout="consecutive", sp=False, sharding="ddp", recompute=False):

@@ -1,5 +1,5 @@
 """The single-process reference: the same model, data, optimizer and schedule with no parallelism at all
-(the tied embedding really tied). Uses only galvatron_run.model's modules and initialisation."""
+(the tied embedding really tied). Uses only galvatron_models's modules and initialisation."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from galvatron_models import Decoder, init_parameters
 from galvatron_run.data import make_data_source
-from galvatron_run.model import Decoder, init_parameters
 
 
 def lr_at(step, opt, steps):

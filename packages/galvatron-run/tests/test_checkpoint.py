@@ -305,7 +305,7 @@ def test_keep_prunes_old_checkpoints(run):
 
 
 def test_save_errors_are_clear(tmp_path):
-    from galvatron_run._contracts.documents import GalvatronError, UsageError
+    from galvatron_contracts.documents import GalvatronError, UsageError
     with pytest.raises(UsageError, match="--keep must be at least 1"):
         ck.save_checkpoint(tmp_path / "c", 1, [Tiny(layers=[0])], keep=0)
     (tmp_path / "file").write_text("not a directory")

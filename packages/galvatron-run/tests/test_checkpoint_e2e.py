@@ -50,7 +50,7 @@ def _cli_has(option: str) -> bool:
 def worker(out: Path, corpus: str):
     import torch.distributed as dist
 
-    from galvatron_run._contracts.models import load_model_spec
+    from galvatron_contracts.models import load_model_spec
     from galvatron_run.failures import init_process_group
     from galvatron_run.plan import uniform_plan
     from galvatron_run.runner import run_rank

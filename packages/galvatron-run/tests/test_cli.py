@@ -10,7 +10,7 @@ from pathlib import Path
 
 from plans import S, make_plan
 
-from galvatron_run._contracts.documents import digest, read_one
+from galvatron_contracts.documents import digest, read_one
 
 SRC = Path(__file__).parent.parent / "src"
 ENV = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")

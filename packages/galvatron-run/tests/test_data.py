@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import galvatron_run
+from galvatron_contracts.documents import DocumentError, UsageError
 from galvatron_run import data as data_mod
-from galvatron_run._contracts.documents import DocumentError, UsageError
 from galvatron_run.data import RandomTokens, make_data_source
 
 SRC = str(Path(galvatron_run.__file__).resolve().parents[1])  # src/ here, site-packages under tox
@@ -270,7 +270,7 @@ def test_bad_options_are_usage_errors(tmp_path):
 def test_bad_data_exits_3_without_a_traceback(tmp_path):
     script = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {SRC!r})
-        from galvatron_run._contracts.documents import exits_cleanly
+        from galvatron_contracts.documents import exits_cleanly
         from galvatron_run.data import make_data_source
         exits_cleanly(lambda: make_data_source({str(tmp_path / 'gone.txt')!r}, vocab_size=256, seq_len=8,
                                                global_batch=2, seed=0))()

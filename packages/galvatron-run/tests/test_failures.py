@@ -23,8 +23,8 @@ import pytest
 import torch
 
 import galvatron_run
+from galvatron_contracts.documents import GalvatronError
 from galvatron_run import checkpoint as ck
-from galvatron_run._contracts.documents import GalvatronError
 from galvatron_run.data import RandomTokens
 from galvatron_run.failures import CollectiveError, StopRequest, Watchdog, describe_failure
 

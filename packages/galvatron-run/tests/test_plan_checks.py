@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from plans import S, _groups, make_plan
 
-from galvatron_run._contracts.documents import DocumentError, InfeasibleError, dumps, validate
-from galvatron_run._contracts.models import load_model_spec
+from galvatron_contracts.documents import DocumentError, InfeasibleError, dumps, validate
+from galvatron_contracts.models import load_model_spec
 from galvatron_run.plan import Layout, check_plan, groups, summary, uniform_plan
 from galvatron_run.report import build_report, known_peak
 from galvatron_run.train import lr_at

@@ -4,7 +4,7 @@ import json
 from click.testing import CliRunner
 from synth import cost_model
 
-from galvatron_search._contracts.documents import validate
+from galvatron_contracts.documents import validate
 from galvatron_search.cli import main
 
 

@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from synth import brute_force, cost_model
 
+from galvatron_contracts.documents import InfeasibleError, validate
 from galvatron_search import evaluate, search
-from galvatron_search._contracts.documents import InfeasibleError, validate
 from galvatron_search.costs import CostTables
 from galvatron_search.evaluate import evaluate_spec
 from galvatron_search.planner import Options, run_search

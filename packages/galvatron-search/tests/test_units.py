@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from galvatron_search._contracts.ranks import rank_groups
+from galvatron_contracts.ranks import rank_groups
 from galvatron_search.costs import inflight, overlap, units
 from galvatron_search.document import groups
 from galvatron_search.planner import even_bounds

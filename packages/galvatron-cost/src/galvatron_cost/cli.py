@@ -11,9 +11,10 @@ import time
 
 import click
 
+from galvatron_contracts.documents import DocumentError, exits_cleanly, read_documents, route, write_document
+from galvatron_contracts.models import load_model_spec
+
 from . import __version__
-from ._contracts.documents import DocumentError, exits_cleanly, read_documents, route, write_document
-from ._contracts.models import load_model_spec
 from .costmodel import fit as fit_documents
 from .explain import explain
 

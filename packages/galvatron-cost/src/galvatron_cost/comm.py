@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares
 
-from ._contracts.documents import DocumentError
+from galvatron_contracts.documents import DocumentError
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 BETA_FLOOR = 1e-18      # s/byte: keeps a fitted bandwidth finite (1e9 GB/s)

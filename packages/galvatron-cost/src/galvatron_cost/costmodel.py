@@ -15,8 +15,9 @@ from collections import OrderedDict
 
 import numpy as np
 
+from galvatron_contracts.documents import DocumentError, UsageError, digest, producer
+
 from . import __version__
-from ._contracts.documents import DocumentError, UsageError, digest, producer
 from .comm import OPS, CommModel, Topology, groups_topology, p2p_topology, wire_factor
 from .compute import PHASES, derive_tp, fill_unidentified, fit_layer_phases
 from .layouts import Layout, enumerate_layouts, gather_need, group_stride, local_groups, transition_topology

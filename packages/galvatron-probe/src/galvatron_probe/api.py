@@ -9,7 +9,8 @@ cannot serve raise UsageError (exit code 2) before any rank starts work.
 """
 from __future__ import annotations
 
-from ._contracts.documents import UsageError
+from galvatron_contracts.documents import UsageError
+
 from .bandwidth import BandwidthOptions, bandwidth_worker
 from .bandwidth import resolve as resolve_bandwidth
 from .compute import ComputeOptions, compute_worker

@@ -18,8 +18,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from galvatron_contracts.documents import GalvatronError, UsageError, producer
+
 from . import __version__
-from ._contracts.documents import GalvatronError, UsageError, producer
 from .groups import (
     crosses_nodes,
     default_group_sizes,

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import click
 
+from galvatron_contracts.documents import GalvatronError, UsageError, exits_cleanly, write_document
+
 from . import __version__
-from ._contracts.documents import GalvatronError, UsageError, exits_cleanly, write_document
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024 ** 2, "mb": 1000 ** 2, "mib": 1024 ** 2,
           "g": 1024 ** 3, "gb": 1000 ** 3, "gib": 1024 ** 3}
@@ -152,7 +153,8 @@ def compute(model, seq_lens, micro_batch_sizes, tp_degrees, layers, dtype, nproc
 @exits_cleanly
 def summary(documents):
     """Print tables of hardware-profile and model-profile DOCUMENTS (paths, '-' for stdin)."""
-    from ._contracts.documents import read_documents, route
+    from galvatron_contracts.documents import read_documents, route
+
     from .summary import summarize
 
     docs = read_documents(documents)

@@ -17,9 +17,10 @@ import os
 import time
 from dataclasses import dataclass
 
+from galvatron_contracts.documents import UsageError, producer
+from galvatron_contracts.models import load_model_spec
+
 from . import __version__
-from ._contracts.documents import UsageError, producer
-from ._contracts.models import load_model_spec
 from .progress import Progress
 from .shapes import LAYER_KINDS, tp_problems
 from .stats import timing_stats

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._contracts.documents import GalvatronError, UsageError
+from galvatron_contracts.documents import GalvatronError, UsageError
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ._contracts.documents import GalvatronError
+from galvatron_contracts.documents import GalvatronError
+
 from .layers import build_shard, make_inputs
 
 

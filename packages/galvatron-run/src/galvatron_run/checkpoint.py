@@ -54,7 +54,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ._contracts.documents import DocumentError, GalvatronError, UsageError, atomic_write_text
+from galvatron_contracts.documents import DocumentError, GalvatronError, UsageError, atomic_write_text
 
 FORMAT = "galvatron-run checkpoint"
 FORMAT_VERSION = 1
@@ -607,7 +607,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     """python -m galvatron_run.checkpoint {list DIR | verify CKPT | export CKPT OUT.pt}"""
     import click
 
-    from ._contracts.documents import exits_cleanly
+    from galvatron_contracts.documents import exits_cleanly
 
     @click.group()
     def cli():

@@ -12,9 +12,10 @@ import sys
 
 import click
 
+from galvatron_contracts.documents import UsageError, exits_cleanly, read_one
+from galvatron_contracts.models import load_model_spec
+
 from . import __version__
-from ._contracts.documents import UsageError, exits_cleanly, read_one
-from ._contracts.models import load_model_spec
 from .plan import check_plan, prepared_plan, uniform_plan
 from .runner import LongRun, run_rank
 

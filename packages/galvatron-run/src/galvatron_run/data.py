@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._contracts.documents import DocumentError, UsageError
+from galvatron_contracts.documents import DocumentError, UsageError
 
 CORPUS = Path(__file__).parent / "corpus" / "english.txt"  # shipped byte-level corpus (public domain, see NOTICE)
 TEXT_SUFFIXES = (".txt", ".text", ".md")

@@ -32,7 +32,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ._contracts.documents import GalvatronError
+from galvatron_contracts.documents import GalvatronError
 
 DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
 _COMM_FAILURE_HINTS = ("timed out", "timeout", "connection closed by peer", "connection reset", "broken pipe",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from ._contracts.documents import DocumentError, InfeasibleError, producer
+from galvatron_contracts.documents import DocumentError, InfeasibleError, producer
 
 PRODUCER = "galvatron-run"
 

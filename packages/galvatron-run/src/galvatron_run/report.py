@@ -6,9 +6,10 @@ import platform
 import socket
 import statistics
 
+from galvatron_contracts.documents import digest, producer
+from galvatron_contracts.models import training_flops_per_token
+
 from . import __version__
-from ._contracts.documents import digest, producer
-from ._contracts.models import training_flops_per_token
 from .plan import summary
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets; matched as substrings of the device name.

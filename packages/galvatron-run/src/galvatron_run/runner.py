@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from galvatron_contracts.documents import digest, write_document
+
 from . import checkpoint as ckpt
 from . import failures
-from ._contracts.documents import digest, write_document
 from .data import DEFAULT_VAL_FRACTION, make_data_source
 from .plan import check_plan, prepared_plan
 from .report import build_report

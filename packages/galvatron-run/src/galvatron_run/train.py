@@ -21,8 +21,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from galvatron_models import Decoder, ce_loss_sum, initial_value
+
 from .measure import PeakMemory, SavedTensors, peak_rss_bytes, tensor_bytes
-from .model import Decoder, ce_loss_sum, initial_value
 from .parallel import (
     Env,
     Unit,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 
-from ._contracts.documents import validate
+from galvatron_contracts.documents import validate
+
 from .costs import CostTables
 from .document import baselines, plan_document
 from .evaluate import evaluate as _evaluate

@@ -9,8 +9,9 @@ import time
 
 import click
 
+from galvatron_contracts.documents import UsageError, exits_cleanly, read_one, write_document
+
 from . import __version__
-from ._contracts.documents import UsageError, exits_cleanly, read_one, write_document
 from .costs import CostTables
 from .document import baselines, plan_document
 from .evaluate import evaluate_spec, plan_spec, predictions

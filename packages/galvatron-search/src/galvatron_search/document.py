@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from galvatron_contracts.documents import digest, producer
+
 from . import __version__
-from ._contracts.documents import digest, producer
 from .costs import CostTables
 from .evaluate import Spec, evaluate_spec, predictions, strategy_dict
 from .planner import INF, Options, global_batches, uniform_best

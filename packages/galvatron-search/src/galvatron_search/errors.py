@@ -1,5 +1,5 @@
 """The errors this package raises, built on the shared contracts (exit codes 2, 3, 4)."""
-from ._contracts.documents import DocumentError, GalvatronError, InfeasibleError, UsageError
+from galvatron_contracts.documents import DocumentError, GalvatronError, InfeasibleError, UsageError
 
 __all__ = ["DocumentError", "GalvatronError", "InfeasibleError", "UsageError", "cost_model_error"]
 

@@ -1,0 +1,23 @@
+"""galvatron-models: the one torch definition of the GPT-2-style and LLaMA-style decoder block, embedding and
+head that galvatron-probe times and galvatron-run trains.
+
+    from galvatron_models import Decoder, init_parameters
+    model = Decoder(spec, range(spec["layers"]), first=True, last=True, tie=spec["tied_embeddings"])
+    init_parameters(model, seed=1234)
+"""
+from .decoder import (
+    MLP,
+    Attention,
+    Block,
+    Decoder,
+    Embedding,
+    Head,
+    RMSNorm,
+    ce_loss_sum,
+    init_parameters,
+    initial_value,
+)
+
+__all__ = ["MLP", "Attention", "Block", "Decoder", "Embedding", "Head", "RMSNorm", "ce_loss_sum",
+           "init_parameters", "initial_value"]
+__version__ = "0.1.0"
