@@ -1,38 +1,69 @@
-"""Write the example documents under schemas/<kind>/examples/ (deterministic: same output on every run).
+"""Write the example documents under schemas/<kind>/examples/ (deterministic: the same output on every run).
 
-    python tools/make_examples.py           # (re)write every generated example
-    python tools/make_examples.py --check   # exit 1 if a committed example differs from what this writes
+    python tools/make_examples.py           # (re)write every example
+    python tools/make_examples.py --check   # exit 1 if an example differs from what this writes
 
-For each kind: valid/tiny.json (the smallest sensible document) and valid/realistic.json (llama2-7b on H100s:
-a 2 nodes x 8 GPUs hardware profile, a model profile for tp 1..8, a cost model and a plan for one 8-GPU node, a
-run report of that plan); invalid/<reason>.json, each one valid document with exactly one thing broken, and beside
-it <reason>.reason stating the JSON path and a fragment of the message the reader must give. model-spec has
-valid/<preset>.json for every preset and invalid ones checked with check_model_spec. The realistic numbers follow
-the formulas in FIELD-NOTES (alpha-beta collectives, 6N FLOPs, Korthikanti activation bytes); they are plausible,
-not measured. Files whose name contains 'reference' are not written or removed here (real measurements, kept by
-their owners).
+Needs galvatron-contracts, galvatron-cost and galvatron-search installed (tox -e schemas); none of them needs torch.
+
+Valid examples, per kind:
+- realistic.json: one pipeline through the tools' own code. The profiles are the reference A100 inputs (2 nodes x 8
+  A100, LLaMA-2-7B, bf16, seq 2048) that integration_tests/bench/reference/generate.py synthesises from Galvatron's
+  published figures; the cost model is what galvatron_cost.fit makes of them for one node of 8; the plan is what
+  galvatron_search.search finds in that cost model under 16 GiB per GPU; the run report of that plan is
+  synthesised here (running it needs the GPUs), with the plan's predictions beside it.
+- tiny.json: the smallest sensible document (tiny-gpt on 2 CPU ranks) at the version the tools write
+  (documents.CURRENT_VERSION), its cost model from galvatron_cost.fit; tiny-<version>.json: the same document as
+  each older release of the kind carries it (without the fields later minors added, ADDED).
+- plan/mixed.json: LLaMA-2-7B on 8 GPUs in 2 stages with per-layer strategies mixed inside each stage (every tp
+  degree, layout and sharding), written by hand; its predictions are galvatron_search.evaluate's.
+- model-spec/<preset>.json for every preset.
+Invalid examples: invalid/<reason>.json, one valid example with exactly one thing broken, and beside it
+<reason>.reason stating the JSON path and a fragment of the message the reader must give.
+
+Deterministic: fitted and searched numbers are rounded to 6 significant digits (the last bits of a least-squares
+fit depend on the BLAS), `created` is a fixed date, a search's time_s is 0 and no host name is the machine's.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import math
 import random
 import sys
 from pathlib import Path
 
+import galvatron_cost
+import galvatron_search
+from galvatron_contracts.documents import CURRENT_VERSION, digest, known_versions, parse_version
+from galvatron_contracts.models import PRESETS, layer_param_counts, training_flops_per_token
+from galvatron_contracts.ranks import rank_groups, stage_ranks
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "packages" / "galvatron-contracts" / "src"))
-
-from galvatron_contracts.documents import digest  # noqa: E402
-from galvatron_contracts.models import PRESETS, layer_param_counts  # noqa: E402
-from galvatron_contracts.ranks import rank_groups, stage_ranks  # noqa: E402
-
 SCHEMAS = ROOT / "schemas"
-H100 = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "memory_bytes": 85520809984, "peak_tflops": 989.4}
 CPU = {"type": "cpu", "name": "x86_64 (2 cores)", "memory_bytes": 25769803776, "peak_tflops": None}
 CREATED = "2026-11-27T00:00:00Z"
+NOTE = "example written by tools/make_examples.py"
+
+# The fields each minor added (schemas/<kind>/<minor>.schema.json against the release before it): what a document
+# of the older release lacks. '*' stands for every item of a list.
+ADDED = {
+    ("model-profile", "1.1"): [("optimizer_step",)],
+    ("cost-model", "1.1"): [("optimizer_step",), ("pipelines", "*", "strategies", "*", "time", "optimizer_step_s")],
+    ("run-report", "1.1"): [("memory", "ranks", "*", "process_peak_rss_bytes"),
+                            ("memory", "ranks", "*", "profiled_step")],
+}
+
+
+def reference_profiles() -> tuple[dict, dict]:
+    """The reference A100 hardware profile and LLaMA-2-7B model profile, as generate.py writes them."""
+    spec = importlib.util.spec_from_file_location("reference_generate",
+                                                  ROOT / "integration_tests" / "bench" / "reference" / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    docs = generate.documents()
+    return docs["a100-2x8-reference.hardware-profile.json"], docs["llama2-7b-reference.model-profile.json"]
 
 
 def r6(x: float) -> float:
@@ -40,8 +71,47 @@ def r6(x: float) -> float:
     return float(f"{x:.6g}")
 
 
+def rounded(doc):
+    """Every float of a document to six significant digits (integers and the rest unchanged)."""
+    if isinstance(doc, dict):
+        return {k: rounded(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [rounded(v) for v in doc]
+    return r6(doc) if isinstance(doc, float) else doc
+
+
 def prod(tool: str) -> dict:
-    return {"name": f"galvatron-{tool}", "version": "0.1.0", "note": "example written by tools/make_examples.py"}
+    """The producer of a document synthesised here in the shape that tool writes."""
+    return {"name": f"galvatron-{tool}", "version": "0.1.0", "note": NOTE}
+
+
+def noted(doc: dict, note: str) -> dict:
+    """A tool's own document, its producer noting how the example was made."""
+    doc["producer"] = {**doc["producer"], "note": note}
+    return doc
+
+
+def as_release(doc: dict, version: str) -> dict:
+    """The document as the older release ``version`` of its kind carries it: without the fields later minors
+    added."""
+    out = copy.deepcopy(doc)
+    for (kind, minor), paths in ADDED.items():
+        if kind == doc["kind"] and parse_version(minor) > parse_version(version):
+            for path in paths:
+                drop(out, path)
+    out["schema_version"] = version
+    return out
+
+
+def drop(node, path):
+    if isinstance(node, list) and path[0] == "*":
+        for item in node:
+            drop(item, path[1:])
+    elif isinstance(node, dict) and path[0] in node:
+        if len(path) == 1:
+            del node[path[0]]
+        else:
+            drop(node[path[0]], path[1:])
 
 
 def timing(median: float, rng: random.Random, repeats: int) -> dict:
@@ -50,283 +120,85 @@ def timing(median: float, rng: random.Random, repeats: int) -> dict:
             "p25_s": r6(median * (1 - spread / 3)), "p75_s": r6(median * (1 + spread / 2)), "repeats": repeats}
 
 
-# --- hardware-profile ------------------------------------------------------------------------------------------
-
-WIRE = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: (n - 1) / n,
-        "reduce_scatter": lambda n: (n - 1) / n, "all_to_all": lambda n: (n - 1) / n}
-
-
-def collective_time(op, n, nbytes, alpha, gbps):
-    return alpha + nbytes * WIRE[op](n) / (gbps * 1e9)
-
+# --- profiles --------------------------------------------------------------------------------------------------
 
 def hardware_tiny() -> dict:
+    """One all_reduce curve and one p2p curve on 2 CPU ranks (alpha-beta: 40 us + 2(n-1)/n bytes / 1.2 GB/s)."""
     rng = random.Random(1)
-    points = [{"message_bytes": m, "time": timing(collective_time("all_reduce", 2, m, 40e-6, 1.2), rng, 5)}
-              for m in (1 << 16, 1 << 20, 1 << 24)]
+    sizes = (1 << 16, 1 << 20, 1 << 24)
     return {
-        "kind": "hardware-profile", "schema_version": "1.0", "producer": prod("probe"), "created": CREATED,
+        "kind": "hardware-profile", "schema_version": CURRENT_VERSION["hardware-profile"], "producer": prod("probe"),
+        "created": CREATED,
         "cluster": {"nodes": 1, "gpus_per_node": 2, "world_size": 2, "device": CPU, "backend": "gloo"},
         "settings": {"dtype": "fp32", "warmup": 2, "repeats": 5, "quick": True, "threads_per_rank": 1},
         "collectives": [{"op": "all_reduce", "group_size": 2, "layout": "consecutive", "stride": 1,
-                         "crosses_nodes": False, "concurrent_groups": 1, "points": points}],
+                         "crosses_nodes": False, "concurrent_groups": 1,
+                         "points": [{"message_bytes": m, "time": timing(40e-6 + m / 1.2e9, rng, 5)} for m in sizes]}],
         "p2p": [{"pp_degree": 2, "crosses_nodes": False, "concurrent_pairs": 1,
-                 "points": [{"message_bytes": m, "time": timing(30e-6 + m / 2e9, rng, 5)}
-                            for m in (1 << 16, 1 << 20, 1 << 24)]}],
+                 "points": [{"message_bytes": m, "time": timing(30e-6 + m / 2e9, rng, 5)} for m in sizes]}],
         "overlap": None,
     }
 
 
-def hardware_realistic() -> dict:
-    """2 nodes x 8 H100 (NVLink inside a node, 400 Gb/s per GPU across): every op, group size and layout."""
-    rng = random.Random(2)
-    nodes, per_node = 2, 8
-    world = nodes * per_node
-    sizes = [1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28]
-    collectives = []
-    for op in WIRE:
-        for n in (2, 4, 8, 16):
-            for layout in ("consecutive", "strided"):
-                stride = 1 if layout == "consecutive" else world // n
-                if layout == "strided" and stride == 1:
-                    continue  # the same groups as consecutive
-                crosses = (n - 1) * stride >= per_node
-                gbps = (150.0 if n > 2 else 130.0) if not crosses else (45.0 if layout == "consecutive" else 18.0)
-                if op == "all_to_all":
-                    gbps *= 0.8
-                alpha = 12e-6 if not crosses else 30e-6
-                points = [{"message_bytes": m, "time": timing(collective_time(op, n, m, alpha, gbps), rng, 20)}
-                          for m in sizes]
-                collectives.append({"op": op, "group_size": n, "layout": layout, "stride": stride,
-                                    "crosses_nodes": crosses, "concurrent_groups": world // n, "points": points})
-    p2p = []
-    for pp, crosses, gbps in ((2, True, 8.0), (4, True, 8.0)):
-        p2p.append({"pp_degree": pp, "crosses_nodes": crosses, "concurrent_pairs": world // pp,
-                    "points": [{"message_bytes": m, "time": timing(25e-6 + m / (gbps * 1e9), rng, 20)}
-                               for m in sizes]})
-    return {
-        "kind": "hardware-profile", "schema_version": "1.0", "producer": prod("probe"), "created": CREATED,
-        "cluster": {"nodes": nodes, "gpus_per_node": per_node, "world_size": world, "device": H100,
-                    "backend": "nccl"},
-        "settings": {"dtype": "bf16", "warmup": 5, "repeats": 20, "quick": False, "threads_per_rank": 4,
-                     "elapsed_s": 412.5},
-        "collectives": collectives,
-        "p2p": p2p,
-        "overlap": {"compute_slowdown": 1.13, "comm_slowdown": 1.21,
-                    "method": "4096^3 bf16 matmuls beside a 256 MiB all_reduce on every rank",
-                    "compute_alone_s": 0.1742, "comm_alone_s": 0.00423, "compute_overlapped_s": 0.19685,
-                    "comm_overlapped_s": 0.005118},
-    }
-
-
-# --- model-profile ---------------------------------------------------------------------------------------------
-
-def shard_params(spec: dict, layer: str, tp: int) -> tuple[int, int]:
-    """(params one tp shard holds, of which replicated on every shard)."""
-    h = spec["hidden"]
-    total = layer_param_counts(spec)[layer]
-    gpt2 = spec["family"] == "gpt2"
-    if layer == "decoder":
-        replicated = 6 * h if gpt2 else 2 * h          # norms (+ the two row-parallel biases for gpt2)
-    elif layer == "embedding":
-        replicated = spec["max_seq_len"] * h if gpt2 else 0  # learned positions
-    else:
-        replicated = 2 * h if gpt2 else h              # final norm; the LM head is vocab-parallel
-    return (total - replicated) // tp + replicated, replicated
-
-
-def flops_fwd_per_token(spec: dict, layer: str, seq: int) -> float:
-    h = spec["hidden"]
-    if layer == "decoder":
-        return 2.0 * layer_param_counts(spec)["decoder"] + 4.0 * seq * h
-    if layer == "head":
-        return 2.0 * spec["vocab_size"] * h
-    return 0.0
-
-
-def saved_bytes(spec: dict, layer: str, seq: int, tp: int, bytes_per: int, recompute: bool) -> dict:
-    """Activation bytes saved per sample (flash attention: Korthikanti's sbh(10 + 24/t) at 16 bit)."""
-    h, scale = spec["hidden"], bytes_per / 2
-    if layer == "decoder":
-        if recompute:
-            return {"tp_divided": 0, "tp_replicated": int(2 * seq * h * scale)}
-        return {"tp_divided": int(24 * seq * h * scale / tp), "tp_replicated": int(10 * seq * h * scale)}
-    if layer == "head":  # the final norm's input and the logits in fp32 for the loss
-        return {"tp_divided": int(4 * seq * spec["vocab_size"] / tp), "tp_replicated": int(2 * seq * h * scale)}
-    return {"tp_divided": 0, "tp_replicated": int(8 * seq)}  # the token ids
-
-
-def model_profile(spec, device, dtype, seqs, mbss, tps, tflops, fixed_s, seed, warmup, repeats, concurrent) -> dict:
-    rng = random.Random(seed)
-    bytes_per = 4 if dtype == "fp32" else 2
+def model_profile_tiny() -> dict:
+    """tiny-gpt in fp32 at seq 64, tp 1, micro-batches 1 and 2, on 0.05 TFLOP/s: time = 0.2 ms + 2 x params x
+    tokens / FLOP/s (the decoder adds attention's 4 s h per token); backward 2.05x, recompute 3.1x the forward;
+    saved bytes after Korthikanti et al.'s sbh(10 + 24/t) with flash attention, at 32 bit."""
+    spec = PRESETS["tiny-gpt"]
+    rng = random.Random(3)
+    seq, h, flops = 64, spec["hidden"], 0.05e12
+    params = layer_param_counts(spec)
+    replicated = {"decoder": 6 * h, "embedding": spec["max_seq_len"] * h, "head": 2 * h}
+    saved = {"decoder": ({"tp_divided": 48 * seq * h, "tp_replicated": 20 * seq * h},
+                         {"tp_divided": 0, "tp_replicated": 4 * seq * h}),
+             "embedding": ({"tp_divided": 0, "tp_replicated": 8 * seq},) * 2,
+             "head": ({"tp_divided": 4 * seq * spec["vocab_size"], "tp_replicated": 4 * seq * h},) * 2}
+    per_token = {"decoder": 2.0 * params["decoder"] + 4.0 * seq * h, "embedding": 0.0,
+                 "head": 2.0 * spec["vocab_size"] * h}
     layers = []
     for layer in ("embedding", "decoder", "head"):
-        for tp in tps:
-            count, replicated = shard_params(spec, layer, tp)
-            memory = [{"seq_len": s,
-                       "saved_bytes_per_sample": saved_bytes(spec, layer, s, tp, bytes_per, False),
-                       "recompute_saved_bytes_per_sample": saved_bytes(spec, layer, s, tp, bytes_per,
-                                                                       layer == "decoder"),
-                       "workspace_bytes_per_sample": int(4 * s * spec["hidden"] * bytes_per / tp)} for s in seqs]
-            timings = []
-            for s in seqs:
-                for b in mbss:
-                    flops = flops_fwd_per_token(spec, layer, s) * s * b / tp
-                    fwd = fixed_s + flops / (tflops * 1e12) * (1 + 0.04 * math.log2(tp))
-                    if layer == "embedding":
-                        fwd = fixed_s + s * b * spec["hidden"] * bytes_per / 1.5e12
-                    timings.append({"seq_len": s, "micro_batch_size": b,
-                                    "forward": timing(fwd, rng, repeats), "backward": timing(2.05 * fwd, rng, repeats),
-                                    "backward_recompute": timing(3.1 * fwd, rng, repeats)})
-            layers.append({"layer": layer, "tp": tp, "param_count": count, "param_count_tp_replicated": replicated,
-                           "memory": memory, "timings": timings})
+        timings = []
+        for b in (1, 2):
+            fwd = 2e-4 + per_token[layer] * seq * b / flops
+            timings.append({"seq_len": seq, "micro_batch_size": b, "forward": timing(fwd, rng, 3),
+                            "backward": timing(2.05 * fwd, rng, 3), "backward_recompute": timing(3.1 * fwd, rng, 3)})
+        layers.append({"layer": layer, "tp": 1, "param_count": params[layer],
+                       "param_count_tp_replicated": replicated[layer],
+                       "memory": [{"seq_len": seq, "saved_bytes_per_sample": saved[layer][0],
+                                   "recompute_saved_bytes_per_sample": saved[layer][1],
+                                   "workspace_bytes_per_sample": 16 * seq * h}],
+                       "timings": timings})
+    total = sum(params.values())
+    steps = [(total // 2, 16), (total, 32)]  # AdamW (foreach=False) + clipping: 1 ms + 5 ns per parameter
     return {
-        "kind": "model-profile", "schema_version": "1.0", "producer": prod("probe"), "created": CREATED,
-        "model": spec,
-        "settings": {"dtype": dtype, "seq_lens": seqs, "micro_batch_sizes": mbss, "tp_degrees": tps,
-                     "concurrent_ranks": concurrent, "threads_per_rank": 1 if device["type"] == "cpu" else 4,
-                     "device": device, "warmup": warmup, "repeats": repeats, "quick": device["type"] == "cpu"},
+        "kind": "model-profile", "schema_version": CURRENT_VERSION["model-profile"], "producer": prod("probe"),
+        "created": CREATED, "model": spec,
+        "settings": {"dtype": "fp32", "seq_lens": [seq], "micro_batch_sizes": [1, 2], "tp_degrees": [1],
+                     "concurrent_ranks": 1, "threads_per_rank": 1, "device": CPU, "warmup": 1, "repeats": 3,
+                     "quick": True},
         "layers": layers,
+        "optimizer_step": {"optimizer": "adamw", "clip_grad_norm": True, "fixed_s": 1e-3, "per_param_s": 5e-9,
+                           "points": [{"param_count": n, "tensors": k, "time": timing(1e-3 + 5e-9 * n, rng, 3)}
+                                      for n, k in steps]},
     }
 
 
-def model_profile_tiny() -> dict:
-    return model_profile(PRESETS["tiny-gpt"], CPU, "fp32", [64], [1, 2], [1], 0.05, 2e-4, 3, 1, 3, 1)
+# --- cost models: galvatron-cost's fit -------------------------------------------------------------------------
 
-
-def model_profile_realistic() -> dict:
-    return model_profile(PRESETS["llama2-7b"], H100, "bf16", [4096], [1, 2, 4], [1, 2, 4, 8], 420.0, 1.5e-4, 4,
-                         3, 10, 8)
-
-
-# --- cost-model ------------------------------------------------------------------------------------------------
-
-def lin_s(fixed, per_sample):
-    return {"fixed_s": r6(fixed), "per_sample_s": r6(per_sample)}
-
-
-def lin_b(fixed, per_sample):
-    return {"fixed_bytes": r6(fixed), "per_sample_bytes": r6(per_sample)}
-
-
-def layout_id(tp, tp_layout, sp):
-    return f"tp{tp}-{tp_layout[0]}{'-sp' if sp else ''}"
-
-
-def cost_model(spec, profile, hardware, nodes, per_node, device, backend, seq, dtype, tflops, intra_gbps,
-               max_tp, pps, overhead) -> dict:
-    world = nodes * per_node
-    bpe = 4 if dtype == "fp32" else 2
-    h = spec["hidden"]
-    alpha = 12e-6
-
-    def coll(op, n, nbytes):
-        return 0.0 if n == 1 else collective_time(op, n, nbytes, alpha, intra_gbps)
-
-    def compute_fwd(layer, tp, samples):
-        if layer == "embedding":
-            return 1.5e-4 + samples * seq * h * bpe / 1.5e12
-        return 1.5e-4 + flops_fwd_per_token(spec, layer, seq) * seq * samples / tp / (tflops * 1e12) * (
-            1 + 0.04 * math.log2(tp))
-
-    pipelines = []
-    for pp in pps:
-        size = world // pp
-        layouts = []
-        for tp in (t for t in (1, 2, 4, 8, 16) if t <= min(size, max_tp) and size % t == 0):
-            for tp_layout in ("consecutive", "strided") if 1 < tp < size else ("consecutive",):
-                for sp in (False, True) if tp > 1 else (False,):
-                    dp = size // tp
-                    act = seq * h * bpe / (dp * (tp if sp else 1))  # bytes per sample one rank sends on
-                    layouts.append({"id": layout_id(tp, tp_layout, sp), "tp": tp, "tp_layout": tp_layout, "sp": sp,
-                                    "dp": dp, "p2p": lin_s(25e-6 if pp > 1 else 0.0, act / 8e9 if pp > 1 else 0.0)})
-        transitions = []
-        for a in layouts:
-            for b in layouts:
-                if a["id"] != b["id"]:
-                    per = seq * h * bpe / min(a["dp"], b["dp"]) / (intra_gbps * 1e9)
-                    transitions.append({"from": a["id"], "to": b["id"], "forward": lin_s(alpha, per),
-                                        "backward": lin_s(alpha, per)})
-        strategies = []
-        for layer in ("embedding", "decoder", "head"):
-            for lay in layouts:
-                tp, dp = lay["tp"], lay["dp"]
-                params, _ = shard_params(spec, layer, tp)
-                if layer == "head" and spec["tied_embeddings"] and pp > 1:
-                    params += spec["vocab_size"] * h // tp  # the last stage's own copy of the tied weight
-                fwd = compute_fwd(layer, tp, 1.0 / dp) - 1.5e-4
-                comm = 0.0 if tp == 1 or layer == "embedding" else 2 * coll("all_reduce", tp, seq * h * bpe / dp)
-                saved = saved_bytes(spec, layer, seq, tp, bpe, False)
-                for sharding in ("ddp", "zero2", "zero3") if dp > 1 else ("ddp",):
-                    for recompute in (False, True) if layer == "decoder" else (False,):
-                        if recompute:
-                            saved_now = saved_bytes(spec, layer, seq, tp, bpe, True)
-                        else:
-                            saved_now = saved
-                        act = (saved_now["tp_divided"] + saved_now["tp_replicated"] / (tp if lay["sp"] else 1)) / dp
-                        shard = dp if sharding != "ddp" else 1
-                        gather = coll("all_gather", dp, params * bpe) if sharding == "zero3" else 0.0
-                        reduce = coll("reduce_scatter", dp, params * 4) if sharding != "ddp" else 0.0
-                        sync = coll("all_reduce", dp, params * 4) if sharding == "ddp" else 0.0
-                        lowp = params * bpe if dtype != "fp32" else 0
-                        time = {"forward": lin_s(1.5e-4, fwd),
-                                "backward": lin_s(3e-4, fwd * (3.1 if recompute else 2.05)),
-                                "forward_comm": lin_s(2 * alpha if comm else 0.0, comm),
-                                "backward_comm": lin_s(2 * alpha if comm else 0.0, comm * (2 if recompute else 1)),
-                                "param_gather_forward_s": r6(gather), "param_gather_backward_s": r6(gather),
-                                "grad_reduce_per_microbatch_s": r6(reduce), "grad_sync_s": r6(sync)}
-                        memory = {"param_bytes": 4 * params // shard + (lowp if sharding == "zero2" else 0),
-                                  "grad_bytes": 4 * params // shard, "optimizer_bytes": 8 * params // shard,
-                                  "activation": lin_b(0, act),
-                                  "workspace": lin_b(lowp + (4 * params if sharding != "ddp" else 0),
-                                                     4 * seq * h * bpe / tp / dp)}
-                        strategies.append({"id": f"{layer}/{lay['id']}/{sharding}{'/rc' if recompute else ''}",
-                                           "layer": layer, "layout": lay["id"], "dp_sharding": sharding,
-                                           "recompute": recompute, "time": time, "memory": memory})
-        pipelines.append({"pp": pp, "stage_ranks": size, "layouts": layouts, "transitions": transitions,
-                          "strategies": strategies})
-
-    quality = {"r2": 0.9987, "max_rel_residual": 0.041, "median_rel_residual": 0.012, "points": 5}
-    fits_coll = [{"op": op, "group_size": n, "layout": layout, "crosses_nodes": False, "alpha_s": alpha,
-                  "bandwidth_gbps": intra_gbps * (0.8 if op == "all_to_all" else 1.0),
-                  "extrapolated": False, "method": "weighted least squares, alpha-beta", "quality": quality}
-                 for op in WIRE for n in (2, 4, 8) if n <= world
-                 for layout in (("consecutive", "strided") if n < world else ("consecutive",))]
-    fits_compute = [{"layer": layer, "tp": tp, "phase": phase, "fixed_s": 1.5e-4,
-                     "per_token_s": r6((compute_fwd(layer, tp, 1) - 1.5e-4) / seq * mult), "per_token_seq_s": 0.0,
-                     "extrapolated": False, "quality": quality}
-                    for layer in ("embedding", "decoder", "head") for tp in (1, 2, 4, 8) if tp <= max_tp
-                    for phase, mult in (("forward", 1.0), ("backward", 2.05), ("backward_recompute", 3.1))]
-    return {
-        "kind": "cost-model", "schema_version": "1.0", "producer": prod("cost"), "created": CREATED,
-        "inputs": [{"kind": d["kind"], "sha256": digest(d), "producer": d["producer"]} for d in (hardware, profile)],
-        "model": spec,
-        "cluster": {"nodes": nodes, "gpus_per_node": per_node, "world_size": world, "device": device,
-                    "backend": backend},
-        "training": {"seq_len": seq, "dtype": dtype, "optimizer": "adamw", "runtime_overhead_bytes": overhead},
-        "overlap": {"compute_slowdown": 1.13, "comm_slowdown": 1.21, "measured": True},
-        "fits": {"collectives": fits_coll,
-                 "p2p": [{"pp_degree": 2, "crosses_nodes": False, "alpha_s": 25e-6, "bandwidth_gbps": 8.0,
-                          "extrapolated": False, "method": "least squares", "quality": quality}],
-                 "compute": fits_compute},
-        "pipelines": pipelines,
-    }
+def fitted(hardware: dict, model: dict, **settings) -> dict:
+    return rounded(noted(galvatron_cost.fit(hardware, model, **settings),
+                         "galvatron_cost.fit run by tools/make_examples.py; numbers to 6 significant digits"))
 
 
 def cost_model_tiny() -> dict:
-    spec = PRESETS["tiny-gpt"]
-    doc = cost_model(spec, model_profile_tiny(), hardware_tiny(), 1, 2, CPU, "gloo", 64, "fp32", 0.05, 1.2, 2,
-                     [1, 2], 300 << 20)
-    doc["overlap"] = {"compute_slowdown": 1.0, "comm_slowdown": 1.0, "measured": False}
-    return doc
+    return fitted(hardware_tiny(), model_profile_tiny())
 
 
 def cost_model_realistic() -> dict:
-    return cost_model(PRESETS["llama2-7b"], model_profile_realistic(), hardware_realistic(), 1, 8, H100, "nccl",
-                      4096, "bf16", 420.0, 150.0, 8, [1, 2, 4], 3 << 30)
+    return fitted(*reference_profiles(), nodes=1, gpus_per_node=8)
 
 
-# --- plan ------------------------------------------------------------------------------------------------------
+# --- plans -----------------------------------------------------------------------------------------------------
 
 def strategy(tp, tp_layout, sp, dp, sharding, recompute):
     return {"tp": tp, "tp_layout": tp_layout, "sp": sp, "dp": dp, "dp_sharding": sharding, "recompute": recompute}
@@ -342,6 +214,7 @@ def stage_layouts(ranks, used):
 
 
 def make_plan(spec, cluster, training, b, m, schedule, bounds, layers, embedding, head) -> dict:
+    """A plan by hand: stages, their ranks and groups written out by the convention (galvatron_contracts.ranks)."""
     world, pp = cluster["world_size"], len(bounds)
     stages = []
     for k, (start, end) in enumerate(bounds):
@@ -351,7 +224,8 @@ def make_plan(spec, cluster, training, b, m, schedule, bounds, layers, embedding
         used += [(head["tp"], head["tp_layout"])] if k == pp - 1 else []
         stages.append({"index": k, "ranks": ranks, "layer_start": start, "layer_end": end,
                        "layouts": stage_layouts(ranks, used)})
-    return {"kind": "plan", "schema_version": "1.0", "producer": prod("search"), "created": CREATED,
+    return {"kind": "plan", "schema_version": CURRENT_VERSION["plan"],
+            "producer": {"name": "by hand", "version": "0", "note": f"a plan by hand, {NOTE}"}, "created": CREATED,
             "model": spec, "cluster": cluster, "training": training, "global_batch": b * m,
             "micro_batch_size": b, "micro_batches": m, "schedule": schedule, "stages": stages,
             "layers": layers, "embedding": embedding, "head": head}
@@ -365,57 +239,18 @@ def plan_tiny() -> dict:
                      [(0, 4)], [dict(ddp) for _ in range(4)], dict(ddp), dict(ddp))
 
 
-def predict(plan: dict, cost: dict) -> dict:
-    """The plan's predictions from the cost model's numbers (1F1B/GPipe, overlap ignored: an example)."""
-    pp, b, m = len(plan["stages"]), plan["micro_batch_size"], plan["micro_batches"]
-    pipe = next(p for p in cost["pipelines"] if p["pp"] == pp)
-    by_id = {s["id"]: s for s in pipe["strategies"]}
-
-    def lookup(kind, s):
-        lid = layout_id(s["tp"], s["tp_layout"], s["sp"])
-        return by_id[f"{kind}/{lid}/{s['dp_sharding']}{'/rc' if s['recompute'] else ''}"]
-
-    def ev(lin):
-        return lin["fixed_s"] + lin["per_sample_s"] * b
-
-    stages, fwd, bwd, sync = [], [], [], []
-    for k, st in enumerate(plan["stages"]):
-        parts = [lookup("decoder", plan["layers"][i]) for i in range(st["layer_start"], st["layer_end"])]
-        parts = ([lookup("embedding", plan["embedding"])] if k == 0 else []) + parts
-        parts += [lookup("head", plan["head"])] if k == pp - 1 else []
-        f = sum(ev(p["time"]["forward"]) + ev(p["time"]["forward_comm"]) + p["time"]["param_gather_forward_s"]
-                for p in parts)
-        g = sum(ev(p["time"]["backward"]) + ev(p["time"]["backward_comm"]) + p["time"]["param_gather_backward_s"]
-                + p["time"]["grad_reduce_per_microbatch_s"] for p in parts)
-        sync.append(sum(p["time"]["grad_sync_s"] for p in parts))
-        in_flight = min(pp - k, m) if plan["schedule"] == "1f1b" else m
-        mem = {"params": sum(p["memory"]["param_bytes"] for p in parts),
-               "grads": sum(p["memory"]["grad_bytes"] for p in parts),
-               "optimizer": sum(p["memory"]["optimizer_bytes"] for p in parts),
-               "activations": in_flight * sum(p["memory"]["activation"]["fixed_bytes"]
-                                              + p["memory"]["activation"]["per_sample_bytes"] * b for p in parts),
-               "workspace": max(p["memory"]["workspace"]["fixed_bytes"]
-                                + p["memory"]["workspace"]["per_sample_bytes"] * b for p in parts),
-               "overhead": cost["training"]["runtime_overhead_bytes"]}
-        mem = {k2: r6(v) for k2, v in mem.items()}
-        mem["total"] = r6(sum(mem.values()))
-        stages.append({"index": k, "memory_bytes_per_rank": mem, "forward_s": r6(f), "backward_s": r6(g),
-                       "grad_sync_exposed_s": r6(sync[-1])})
-        fwd.append(f)
-        bwd.append(g)
-    slowest = max(f + g for f, g in zip(fwd, bwd, strict=True))
-    compute = r6(m * slowest)
-    bubble = r6((pp - 1) * slowest)
-    exposed = r6(max(sync))
-    total = compute + bubble + exposed
-    gb = plan["global_batch"]
-    return {"iteration_time_s": total, "samples_per_s": r6(gb / total),
-            "tokens_per_s": r6(gb * plan["training"]["seq_len"] / total), "stages": stages,
-            "breakdown": {"stage_compute_s": compute, "pipeline_bubble_s": bubble, "grad_sync_exposed_s": exposed}}
-
-
 def plan_realistic() -> dict:
-    """llama2-7b on one node of 8 H100s: 2 stages of 4 ranks, per-layer strategies mixed inside each stage."""
+    """What galvatron-search finds in the realistic cost model under 16 GiB per GPU for a global batch of 64."""
+    cost = cost_model_realistic()
+    plan = galvatron_search.search(cost, 16, global_batch=64)
+    plan["search"]["time_s"] = 0.0
+    return rounded(noted(plan, "galvatron_search.search run by tools/make_examples.py; search.time_s set to 0 "
+                               "and numbers to 6 significant digits"))
+
+
+def plan_mixed() -> dict:
+    """llama2-7b on one node of 8: 2 stages of 4 ranks, per-layer strategies mixed inside each stage, by hand;
+    galvatron_search.evaluate's predictions under the realistic cost model."""
     spec = PRESETS["llama2-7b"]
     cost = cost_model_realistic()
     tp2c_sp = strategy(2, "consecutive", True, 2, "zero2", False)
@@ -425,37 +260,21 @@ def plan_realistic() -> dict:
     layers = ([dict(tp1_z3) for _ in range(6)] + [dict(tp2c_sp) for _ in range(10)]      # stage 0: 0..15
               + [dict(tp2s) for _ in range(4)] + [dict(tp2c_sp) for _ in range(8)]       # stage 1: 16..31
               + [dict(tp4) for _ in range(4)])
-    plan = make_plan(spec, {"nodes": 1, "gpus_per_node": 8, "world_size": 8, "device": H100, "backend": "nccl"},
-                     {"seq_len": 4096, "dtype": "bf16", "seed": 1234,
+    plan = make_plan(spec, cost["cluster"],
+                     {"seq_len": cost["training"]["seq_len"], "dtype": cost["training"]["dtype"], "seed": 1234,
                       "optimizer": {"name": "adamw", "lr": 3e-4, "min_lr": 3e-5, "weight_decay": 0.1,
                                     "betas": [0.9, 0.95], "eps": 1e-8, "grad_clip": 1.0, "warmup_steps": 100,
                                     "decay_steps": None}},
                      4, 16, "1f1b", [(0, 16), (16, 32)], layers,
-                     strategy(1, "consecutive", False, 4, "zero3", False), strategy(4, "consecutive", False, 1,
-                                                                                   "ddp", False))
-    plan["predictions"] = predict(plan, cost)
-    plan["search"] = {
-        "time_s": 41.7, "candidates_evaluated": 183204, "memory_budget_bytes": 64 << 30,
-        "cost_model_sha256": digest(cost),
-        "options": {"max_tp": 8, "pipeline_degrees": [1, 2, 4], "schedules": ["1f1b"], "memory_gib": 64},
-        "baselines": [
-            {"name": "dp-zero3", "description": "pure data parallel, ZeRO-3, no recompute", "feasible": False,
-             "iteration_time_s": None, "samples_per_s": None, "global_batch": None, "memory_bytes_per_rank": None,
-             "summary": "pp1 tp1 dp8 zero3: activations exceed 64 GiB at b=8"},
-            {"name": "megatron-tp8", "description": "tensor parallel over the node, sequence parallel",
-             "feasible": True, "iteration_time_s": 9.81, "samples_per_s": 6.524, "global_batch": 64,
-             "memory_bytes_per_rank": 31.2e9, "summary": "pp1 tp8-sp dp1 ddp, 16 x 4 micro-batches"},
-            {"name": "pp2-tp4", "description": "uniform pipeline and tensor parallelism", "feasible": True,
-             "iteration_time_s": 8.92, "samples_per_s": 7.175, "global_batch": 64, "memory_bytes_per_rank": 27.9e9,
-             "summary": "pp2 (16/16) tp4-sp dp1 ddp, 1f1b, 16 x 4 micro-batches"},
-        ],
-    }
+                     strategy(1, "consecutive", False, 4, "zero3", False),
+                     strategy(4, "consecutive", False, 1, "ddp", False))
+    plan["predictions"] = rounded(galvatron_search.evaluate(plan, cost))
     return plan
 
 
-# --- run-report ------------------------------------------------------------------------------------------------
+# --- run-report: synthesised (running a plan needs its GPUs) ---------------------------------------------------
 
-def run_report(plan, steps, warmup, loss0, step_s, devices, torch_version, method, peaks, summary) -> dict:
+def run_report(plan, steps, warmup, loss0, step_s, torch_version, method, peaks) -> dict:
     rng = random.Random(7)
     tokens = plan["global_batch"] * plan["training"]["seq_len"]
     rows = []
@@ -470,7 +289,6 @@ def run_report(plan, steps, warmup, loss0, step_s, devices, torch_version, metho
     median = r6(median)
     world = plan["cluster"]["world_size"]
     device = plan["cluster"]["device"]
-    from galvatron_contracts.models import training_flops_per_token
     flops = training_flops_per_token(plan["model"], plan["training"]["seq_len"]) * tokens
     achieved = flops / median / 1e12
     peak = device.get("peak_tflops")
@@ -479,14 +297,19 @@ def run_report(plan, steps, warmup, loss0, step_s, devices, torch_version, metho
         stage = next(s["index"] for s in plan["stages"] if rank in s["ranks"])
         pk = peaks[stage]
         ranks.append({"rank": rank, "stage": stage, "peak_bytes": int(pk), "baseline_bytes": int(pk * 0.55),
+                      "process_peak_rss_bytes": int(pk * 1.3) + (700 << 20), "profiled_step": warmup,
                       "accounting": {"param_bytes": int(pk * 0.12), "grad_bytes": int(pk * 0.12),
                                      "optimizer_bytes": int(pk * 0.24), "activation_bytes": int(pk * 0.41)}})
+    sizes = "/".join(str(s["layer_end"] - s["layer_start"]) for s in plan["stages"])
+    summary = (f"pp{len(plan['stages'])} ({sizes} layers) | {plan['micro_batch_size']} x {plan['micro_batches']}, "
+               f"{plan['schedule']}")
     report = {
-        "kind": "run-report", "schema_version": "1.0", "producer": prod("run"), "created": CREATED,
+        "kind": "run-report", "schema_version": CURRENT_VERSION["run-report"], "producer": prod("run"),
+        "created": CREATED,
         "plan": {"sha256": digest(plan), "path": "plan.json", "summary": summary, "model_name": plan["model"]["name"]},
         "environment": {"torch_version": torch_version, "python_version": "3.11.7",
                         "backend": plan["cluster"]["backend"], "world_size": world, "nodes": plan["cluster"]["nodes"],
-                        "threads_per_rank": 1, "device": device, "hostname": devices},
+                        "threads_per_rank": 1, "device": device, "hostname": "example-host"},
         "settings": {"steps": steps, "warmup_steps": warmup, "dtype": plan["training"]["dtype"],
                      "seq_len": plan["training"]["seq_len"], "global_batch": plan["global_batch"],
                      "micro_batches": plan["micro_batches"], "seed": 1234,
@@ -519,18 +342,17 @@ def run_report(plan, steps, warmup, loss0, step_s, devices, torch_version, metho
 
 
 def run_report_tiny() -> dict:
-    plan = plan_tiny()
-    return run_report(plan, 3, 1, 5.6, 0.021, "ci-runner", "2.13.0+cpu",
-                      "torch.profiler allocation events (CPU)", [4_612_096], "pp1 | 4 layers tp1 dp2 ddp | 2 x 2, 1f1b")
+    return run_report(plan_tiny(), 3, 1, 5.6, 0.021, "2.13.0+cpu", "torch.profiler allocation events (CPU)",
+                      [4_612_096])
 
 
 def run_report_realistic() -> dict:
+    """The realistic plan's run as it might have gone: 8% slower than predicted, memory within a few percent."""
     plan = plan_realistic()
-    peaks = [int(s["memory_bytes_per_rank"]["total"] * f) for s, f in zip(plan["predictions"]["stages"],
-                                                                            (1.06, 0.97), strict=True)]
-    step = plan["predictions"]["iteration_time_s"] * 1.08
-    return run_report(plan, 30, 5, 10.4, step, "node-a17", "2.13.0+cu126", "torch.cuda.max_memory_allocated",
-                      peaks, "pp2 (16/16) | mixed tp1-zero3-rc / tp2-sp-zero2 / tp2s-ddp / tp4-sp | 16 x 4, 1f1b")
+    pred = plan["predictions"]
+    peaks = [int(s["memory_bytes_per_rank"]["total"] * (1.06, 0.97)[s["index"] % 2]) for s in pred["stages"]]
+    return run_report(plan, 30, 5, 10.4, pred["iteration_time_s"] * 1.08, "2.13.0+cu126",
+                      "torch.cuda.max_memory_allocated", peaks)
 
 
 # --- invalid examples: one valid document, one thing broken -----------------------------------------------------
@@ -555,7 +377,7 @@ DELETE = object()
 def invalid_examples() -> dict[str, list[tuple[str, dict, str, str, str]]]:
     """{kind: [(name, document, json path, message fragment, why)]}."""
     hw, mp, cm, pl, rr = hardware_tiny(), model_profile_tiny(), cost_model_tiny(), plan_tiny(), run_report_tiny()
-    plr = plan_realistic()
+    plr = plan_mixed()
     bad_overlap = {"compute_slowdown": 1.1, "comm_slowdown": 1.2}
     swapped = [list(g) for g in plr["stages"][0]["layouts"][1]["tp_groups"]]
     swapped[0], swapped[1] = [swapped[0][0], swapped[1][0]], [swapped[0][1], swapped[1][1]]
@@ -574,9 +396,10 @@ def invalid_examples() -> dict[str, list[tuple[str, dict, str, str, str]]]:
             ("overlap-without-method", mutate(hw, [(("overlap",), bad_overlap)]), "$.overlap.method",
              "required property missing", "a measured overlap says how it was measured"),
             ("newer-major", mutate(hw, [(("schema_version",), "2.0")]), "$.schema_version",
-             "newer than this reader supports (1.0)", "a newer major is refused (exit 3), naming the range"),
+             f"newer than this reader supports ({supported('hardware-profile')})",
+             "a newer major is refused (exit 3), naming the range"),
             ("unknown-field", mutate(hw, [(("bandwidth_gbps",), 12.5)]), "$.bandwidth_gbps",
-             "unexpected property", "1.0 documents carry no fields outside the schema"),
+             "unexpected property", "a known minor's documents carry no fields outside its schema"),
         ],
         "model-profile": [
             ("kv-heads-not-dividing-heads", mutate(mp, [(("model", "kv_heads"), 3)]), "$.model.kv_heads",
@@ -619,7 +442,8 @@ def invalid_examples() -> dict[str, list[tuple[str, dict, str, str, str]]]:
             ("version-without-minor", mutate(pl, [(("schema_version",), "1")]), "$.schema_version",
              "expected a string 'MAJOR.MINOR'", "schema_version is MAJOR.MINOR"),
             ("older-major", mutate(pl, [(("schema_version",), "0.9")]), "$.schema_version",
-             "older than this reader supports (1.0) and no migration exists", "no migration from 0.x is registered"),
+             f"older than this reader supports ({supported('plan')}) and no migration exists",
+             "no migration from 0.x is registered"),
             ("stage-ranks-not-blocks", mutate(plr, [(("stages", 1, "ranks"), [4, 6, 5, 7])]), "$.stages[1].ranks",
              "expected [4, 5, 6, 7]", "stage k holds the consecutive block [k*S, (k+1)*S)"),
             ("tp-groups-strided-in-consecutive",
@@ -648,7 +472,31 @@ def invalid_examples() -> dict[str, list[tuple[str, dict, str, str, str]]]:
              "is not one of", "backends are gloo and nccl"),
         ],
     }
+    tiny = {"hardware-profile": hw, "model-profile": mp, "cost-model": cm, "run-report": rr}
+    for (kind, minor), paths in ADDED.items():
+        for path in paths:
+            out[kind].append(field_in_older_release(tiny[kind], minor, path))
     return out
+
+
+def supported(kind: str) -> str:
+    """The range of versions a reader of this repository supports, as its messages name it."""
+    versions = [f"{a}.{b}" for a, b in known_versions()[kind]]
+    return versions[0] if len(versions) == 1 else f"{versions[0]} to {versions[-1]}"
+
+
+def field_in_older_release(doc: dict, minor: str, path: tuple) -> tuple[str, dict, str, str, str]:
+    """An invalid example: the document of the release before ``minor`` carrying one field ``minor`` added."""
+    major, number = parse_version(minor)
+    older = f"{major}.{number - 1}"
+    at = tuple(0 if key == "*" else key for key in path)
+    value = doc
+    for key in at:
+        value = value[key]
+    json_path = "$" + "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in at)
+    name = f"{path[-1].replace('_', '-')}-in-{older}"
+    return (name, mutate(as_release(doc, older), [(at, value)]), json_path, "unexpected property",
+            f"{path[-1]} was added in {minor}: a {older} document cannot carry it")
 
 
 def model_spec_invalid() -> list[tuple[str, dict, str, str, str]]:
@@ -679,22 +527,26 @@ def render(doc) -> str:
 
 def wanted_files() -> dict[Path, str]:
     files: dict[Path, str] = {}
-    valid = {"hardware-profile": (hardware_tiny, hardware_realistic),
-             "model-profile": (model_profile_tiny, model_profile_realistic),
-             "cost-model": (cost_model_tiny, cost_model_realistic), "plan": (plan_tiny, plan_realistic),
-             "run-report": (run_report_tiny, run_report_realistic)}
+    hardware, model = reference_profiles()
+    valid = {"hardware-profile": (hardware_tiny(), hardware), "model-profile": (model_profile_tiny(), model),
+             "cost-model": (cost_model_tiny(), cost_model_realistic()), "plan": (plan_tiny(), plan_realistic()),
+             "run-report": (run_report_tiny(), run_report_realistic())}
     for kind, (tiny, realistic) in valid.items():
-        files[SCHEMAS / kind / "examples" / "valid" / "tiny.json"] = render(tiny())
-        files[SCHEMAS / kind / "examples" / "valid" / "realistic.json"] = render(realistic())
-    entries = {k: v for k, v in invalid_examples().items()}
-    entries["model-spec"] = model_spec_invalid()
+        examples = SCHEMAS / kind / "examples" / "valid"
+        files[examples / "tiny.json"] = render(tiny)
+        for major, minor in known_versions()[kind]:
+            if (major, minor) < parse_version(tiny["schema_version"]):
+                files[examples / f"tiny-{major}.{minor}.json"] = render(as_release(tiny, f"{major}.{minor}"))
+        files[examples / "realistic.json"] = render(realistic)
+    files[SCHEMAS / "plan" / "examples" / "valid" / "mixed.json"] = render(plan_mixed())
     for name, spec in PRESETS.items():
         files[SCHEMAS / "model-spec" / "examples" / "valid" / f"{name}.json"] = render(spec)
+    entries = {**invalid_examples(), "model-spec": model_spec_invalid()}
     for kind, cases in entries.items():
         for name, doc, path, fragment, why in cases:
-            base = SCHEMAS / kind / "examples" / "invalid" / name
-            files[base.with_suffix(".json")] = render(doc)
-            files[base.with_suffix(".reason")] = f"path: {path}\nmessage: {fragment}\nwhy: {why}\n"
+            invalid = SCHEMAS / kind / "examples" / "invalid"
+            files[invalid / f"{name}.json"] = render(doc)
+            files[invalid / f"{name}.reason"] = f"path: {path}\nmessage: {fragment}\nwhy: {why}\n"
     return files
 
 
@@ -703,7 +555,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="only report examples that differ")
     args = parser.parse_args()
     want = wanted_files()
-    have = {p for p in SCHEMAS.glob("*/examples/*/*") if p.is_file() and "reference" not in p.name}
+    have = {p for p in SCHEMAS.glob("*/examples/*/*") if p.is_file()}
     stale = sorted(have - set(want))
     differ = sorted(p for p, text in want.items() if not p.is_file() or p.read_text(encoding="utf-8") != text)
     if args.check:

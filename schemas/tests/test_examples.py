@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from galvatron_contracts.documents import DOCUMENT_KINDS, DocumentError, read_documents
+from galvatron_contracts.documents import CURRENT_VERSION, DOCUMENT_KINDS, DocumentError, known_versions, read_documents
 from galvatron_contracts.models import PRESETS, check_model_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +48,9 @@ def test_each_kind_has_tiny_realistic_and_invalid_examples(kind):
         assert {f"{preset}.json" for preset in PRESETS} <= valid
     else:
         assert {"tiny.json", "realistic.json"} <= valid
+        versions = {json.loads(p.read_text())["schema_version"] for p in VALID if p.parts[-4] == kind}
+        assert versions == {f"{a}.{b}" for a, b in known_versions()[kind]}  # every release has a valid example
+        assert valid_doc(kind, "tiny.json")["schema_version"] == CURRENT_VERSION[kind]  # what the tools write
     assert len(invalid) >= 4
     for p in invalid:
         assert p.with_suffix(".reason").is_file(), f"{p} has no .reason"
@@ -100,26 +103,36 @@ def test_examples_are_what_the_generator_writes():
 
 # --- the realistic examples are the ones the contract promises -------------------------------------------------
 
-def valid(kind, file="realistic.json"):
+def valid_doc(kind, file="realistic.json"):
     return json.loads((SCHEMAS / kind / "examples" / "valid" / file).read_text())
 
 
 def test_realistic_hardware_profile_covers_two_nodes_of_eight():
-    hw = valid("hardware-profile")
+    hw = valid_doc("hardware-profile")
     assert (hw["cluster"]["nodes"], hw["cluster"]["gpus_per_node"], hw["cluster"]["world_size"]) == (2, 8, 16)
     ops = {c["op"] for c in hw["collectives"]}
-    assert ops == {"all_reduce", "all_gather", "reduce_scatter", "all_to_all"}
+    assert ops == {"all_reduce", "all_gather", "reduce_scatter"}  # what the strategies use (no all_to_all)
     assert {c["layout"] for c in hw["collectives"]} == {"consecutive", "strided"}
     assert {c["crosses_nodes"] for c in hw["collectives"]} == {True, False}
     assert all(len({p["message_bytes"] for p in c["points"]}) >= 4 for c in hw["collectives"])
-    for c in hw["collectives"]:  # layout, stride and crossing agree with 'ranks spaced by world_size/group_size'
+    for c in hw["collectives"]:  # layout, stride and crossing agree: the group is ranks 0, stride, 2 * stride, ...
         group = [i * c["stride"] for i in range(c["group_size"])]
-        assert c["stride"] == (1 if c["layout"] == "consecutive" else 16 // c["group_size"])
+        assert (c["stride"] == 1) == (c["layout"] == "consecutive") and group[-1] < 16
         assert c["crosses_nodes"] == (group[-1] // 8 != group[0] // 8)
 
 
-def test_realistic_plan_is_llama2_7b_on_8_gpus_with_2_stages_and_mixed_strategies():
-    plan = valid("plan")
+def test_realistic_documents_are_one_pipeline_through_the_tools():
+    from galvatron_contracts.documents import digest
+
+    cost, plan = valid_doc("cost-model"), valid_doc("plan")
+    assert [d["producer"]["name"] for d in (cost, plan)] == ["galvatron-cost", "galvatron-search"]
+    assert plan["search"]["cost_model_sha256"] == digest(cost) and plan["search"]["time_s"] == 0
+    assert plan["model"] == cost["model"] == valid_doc("model-profile")["model"]
+    assert valid_doc("run-report")["plan"]["sha256"] == digest(plan)
+
+
+def test_mixed_plan_is_llama2_7b_on_8_gpus_with_2_stages_and_mixed_strategies():
+    plan = valid_doc("plan", "mixed.json")
     assert plan["model"] == PRESETS["llama2-7b"]
     assert plan["cluster"]["world_size"] == 8 and len(plan["stages"]) == 2
     for stage in plan["stages"]:
@@ -133,7 +146,7 @@ def test_realistic_plan_is_llama2_7b_on_8_gpus_with_2_stages_and_mixed_strategie
 # --- plan examples follow the rank layout convention (checked here from its definition, independently) ---------
 
 def convention_groups(ranks, tp, layout):
-    """CONVENTIONS.md, literally: local index j -> (tp_rank, dp_rank); group by the other coordinate."""
+    """schemas/README.md ('Ranks'), literally: local index j -> (tp_rank, dp_rank); group by the other coordinate."""
     size, dp = len(ranks), len(ranks) // tp
     coords = {j: ((j % tp, j // tp) if layout == "consecutive" else (j // dp, j % dp)) for j in range(size)}
     tp_groups = [[ranks[j] for j in sorted(coords, key=lambda j: coords[j][0]) if coords[j][1] == d]
@@ -172,8 +185,8 @@ def test_plan_example_follows_the_rank_layout_convention(path):
 def test_cost_model_examples_cite_their_inputs_and_cover_every_layer_kind():
     from galvatron_contracts.documents import digest
 
-    cost = valid("cost-model")
-    hw, mp = valid("hardware-profile"), valid("model-profile")
+    cost = valid_doc("cost-model")
+    hw, mp = valid_doc("hardware-profile"), valid_doc("model-profile")
     assert [i["sha256"] for i in cost["inputs"]] == [digest(hw), digest(mp)]
     for pipe in cost["pipelines"]:
         ids = {lay["id"] for lay in pipe["layouts"]}
@@ -181,10 +194,9 @@ def test_cost_model_examples_cite_their_inputs_and_cover_every_layer_kind():
         assert {s["layout"] for s in pipe["strategies"]} <= ids
         assert all(t["from"] in ids and t["to"] in ids for t in pipe["transitions"])
         assert all(lay["tp"] * lay["dp"] == pipe["stage_ranks"] for lay in pipe["layouts"])
-    plan = valid("plan")
-    assert plan["search"]["cost_model_sha256"] == digest(cost)
-    report = valid("run-report")
-    assert report["plan"]["sha256"] == digest(plan)
+    plans = [valid_doc("plan"), valid_doc("plan", "mixed.json")]
+    assert [plan["cluster"] for plan in plans] == [cost["cluster"]] * 2
+    assert valid_doc("plan")["search"]["cost_model_sha256"] == digest(cost)
 
 
 # --- reader policy over every valid example ---------------------------------------------------------------------
@@ -196,6 +208,8 @@ DOCUMENTS = [p for p in VALID if p.parts[-4] != "model-spec"]
 def test_every_example_as_a_newer_minor_with_new_fields_is_read_with_a_warning(path, capsys):
     from galvatron_contracts.documents import validate
 
+    versions = [f"{a}.{b}" for a, b in known_versions()[path.parts[-4]]]
+    supported = versions[0] if len(versions) == 1 else f"{versions[0]} to {versions[-1]}"
     doc = json.loads(path.read_text())
     doc["schema_version"] = "1.9"
     doc["added_in_1_9"] = {"x": 1}
@@ -203,7 +217,8 @@ def test_every_example_as_a_newer_minor_with_new_fields_is_read_with_a_warning(p
     if "model" in doc:
         doc["model"]["attention_bias"] = False  # inside the $ref'd model spec too
     assert validate(doc, path.name) is doc
-    assert f"warning: {path.name}: {doc['kind']} 1.9 is newer than the newest known 1.0" in capsys.readouterr().err
+    assert f"warning: {path.name}: {doc['kind']} 1.9 is newer than the newest known {versions[-1]}" in \
+        capsys.readouterr().err
     doc["schema_version"] = "2.0"
-    with pytest.raises(DocumentError, match=r"is newer than this reader supports \(1.0\)"):
+    with pytest.raises(DocumentError, match=f"is newer than this reader supports \\({supported}\\)"):
         validate(doc, path.name)

@@ -1,7 +1,8 @@
-"""contracts/ranks.py against the convention's definition, exhaustively on small stages."""
+"""galvatron_contracts.ranks against the convention's definition, exhaustively on small stages."""
 import pytest
 
-from galvatron_contracts.ranks import local_coords, plan_errors, rank_groups, sample_range, stage_ranks
+from galvatron_contracts.plan import plan_errors
+from galvatron_contracts.ranks import local_coords, rank_groups, sample_range, stage_ranks
 
 
 @pytest.mark.parametrize("size", [1, 2, 4, 8, 16])
@@ -43,7 +44,7 @@ def test_plan_errors_accepts_the_examples_and_lists_several_problems(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "plan" / "examples" / "valid"
-    plan = json.loads((root / "realistic.json").read_text())
+    plan = json.loads((root / "mixed.json").read_text())
     assert plan_errors(plan) == []
     plan["stages"][1]["index"] = 5
     plan["layers"][0]["sp"] = True

@@ -66,3 +66,60 @@ def test_documents_start_with_kind_version_producer(kind):
         assert schema["properties"]["kind"] == {"const": kind}
         assert schema["properties"]["schema_version"] == {"const": f"{major}.{minor}"}
         assert list(schema["properties"])[:3] == ["kind", "schema_version", "producer"]
+
+
+IGNORED = {"$id", "title", "description"}  # what a minor may reword; the schema_version const differs by design
+
+
+def additions(old, new, at="$", field=()):
+    """The optional fields ``new`` adds to ``old``, each as the document path to it ('*': every item of a list;
+    the schema path where it is not under properties/items); AssertionError, naming the schema path, where ``new``
+    changes anything else."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        assert old == new, f"{at}: {old!r} became {new!r}"
+        return []
+    keys = set(old) - IGNORED
+    assert keys == set(new) - IGNORED, f"{at}: keywords differ: {sorted((set(old) ^ set(new)) - IGNORED)}"
+    added = []
+    for key in sorted(keys - {"properties"}):
+        inner = field + ("*",) if key == "items" and field is not None else None
+        added += additions(old[key], new[key], f"{at}.{key}", inner)
+    old_props, new_props = old.get("properties", {}), new.get("properties", {})
+    for name in new_props:
+        inner = field + (name,) if field is not None else None
+        if name not in old_props:
+            assert name not in new.get("required", []), f"{at}.properties.{name}: a new field must be optional"
+            added.append(inner or f"{at}.properties.{name}")
+        elif not (at == "$" and name == "schema_version"):
+            added += additions(old_props[name], new_props[name], f"{at}.properties.{name}", inner)
+    assert set(old_props) <= set(new_props), f"{at}: properties removed: {sorted(set(old_props) - set(new_props))}"
+    return added
+
+
+def minors():
+    """(kind, older version, its next minor) for every minor release after the first of its major."""
+    for kind, versions in sorted(known_versions().items()):
+        for (major, minor), (later_major, later) in zip(versions, versions[1:]):
+            if later_major == major:
+                yield kind, f"{major}.{minor}", f"{major}.{later}"
+
+
+def load(kind, version):
+    return json.loads((SCHEMAS / kind / f"{version}.schema.json").read_text())
+
+
+@pytest.mark.parametrize("kind, older, minor", list(minors()), ids=lambda v: str(v))
+def test_each_minor_is_the_one_before_plus_optional_fields(kind, older, minor):
+    assert load(kind, minor)["properties"]["schema_version"] == {"const": minor}
+    additions(load(kind, older), load(kind, minor))  # raises, naming the path, where the minor changed more
+
+
+def test_the_examples_generator_knows_what_each_minor_added():
+    """tools/make_examples.py drops ADDED[(kind, minor)] to write an older release's example: the schemas' list."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_examples", SCHEMAS.parent / "tools" / "make_examples.py")
+    make_examples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_examples)
+    schemas = {(kind, minor): additions(load(kind, older), load(kind, minor)) for kind, older, minor in minors()}
+    assert {key: paths for key, paths in schemas.items() if paths} == make_examples.ADDED

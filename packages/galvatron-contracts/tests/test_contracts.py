@@ -82,7 +82,7 @@ def test_newer_minor_is_accepted_with_a_warning(capsys):
     doc["cluster"]["interconnect"] = "nvlink"
     assert D.validate(doc, "new.json") is doc
     err = capsys.readouterr().err
-    assert "warning: new.json: hardware-profile 1.7 is newer than the newest known 1.0" in err
+    assert "warning: new.json: hardware-profile 1.7 is newer than the newest known 1.1" in err
 
 
 def test_newer_minor_still_checks_the_fields_it_knows(capsys):
@@ -96,7 +96,7 @@ def test_newer_minor_still_checks_the_fields_it_knows(capsys):
 def test_newer_major_is_refused_naming_the_supported_range():
     e = refused(D.validate, hardware_profile(schema_version="2.0"), "future.json")
     assert str(e) == ("future.json: $.schema_version: hardware-profile 2.0 is newer than this reader supports "
-                      "(1.0); upgrade the tool")
+                      "(1.0 to 1.1); upgrade the tool")
 
 
 def test_older_major_is_migrated_by_the_registered_migration(monkeypatch):
@@ -108,7 +108,7 @@ def test_older_major_is_migrated_by_the_registered_migration(monkeypatch):
     old = hardware_profile(schema_version="0.4")
     old["machine"] = old.pop("cluster")
     e = refused(D.validate, copy.deepcopy(old))
-    assert "older than this reader supports (1.0) and no migration exists" in str(e)
+    assert "older than this reader supports (1.0 to 1.1) and no migration exists" in str(e)
     monkeypatch.setitem(D.MIGRATIONS, ("hardware-profile", 0), from_0)
     assert D.validate(copy.deepcopy(old)) == hardware_profile()
     assert old["machine"]["world_size"] == 2  # the caller's document is not modified
@@ -121,6 +121,31 @@ def test_a_migration_is_validated_and_must_move_forward(monkeypatch):
     monkeypatch.setitem(D.MIGRATIONS, ("hardware-profile", 0), lambda d: d)
     with pytest.raises(D.GalvatronError, match="did not produce a later schema_version"):
         D.validate(hardware_profile(schema_version="0.1"))
+
+
+OPTIMIZER_STEP = {"optimizer": "adamw", "clip_grad_norm": True, "fixed_s": 1e-3, "per_param_s": 5e-9,
+                  "points": [{"param_count": 50048, "time": {"median_s": 1.3e-3, "min_s": 1.2e-3, "max_s": 1.5e-3,
+                                                             "repeats": 3}}]}
+
+
+def test_each_known_minor_reads_strictly_with_its_own_fields():
+    """model-profile 1.1 added the optional optimizer_step: 1.0 without it and 1.1 with it both read; a 1.0
+    document carrying it is refused as 1.0 (a 1.0 reader would not know the field)."""
+    old = model_profile()
+    assert old["schema_version"] == "1.0" and D.validate(old) == model_profile()
+    new = {**model_profile(), "schema_version": "1.1", "optimizer_step": OPTIMIZER_STEP}
+    assert D.validate(new)["optimizer_step"] == OPTIMIZER_STEP
+    e = refused(D.validate, {**new, "schema_version": "1.0"})
+    assert e.errors == ["$.optimizer_step: unexpected property (the schema has no such field)"]
+    bad = {**new, "optimizer_step": {**OPTIMIZER_STEP, "per_param_s": -1.0}}
+    assert refused(D.validate, bad).errors == ["$.optimizer_step.per_param_s: -1.0 is less than the minimum of 0"]
+
+
+def test_writers_write_a_shipped_version_of_every_kind():
+    assert set(D.CURRENT_VERSION) == set(D.DOCUMENT_KINDS)
+    for kind, version in D.CURRENT_VERSION.items():
+        assert D.parse_version(version) in D.known_versions()[kind], (kind, version)
+        assert D.load_schema(kind, version)["properties"]["schema_version"] == {"const": version}
 
 
 @pytest.mark.parametrize("version, expected", [
@@ -447,7 +472,7 @@ CASES = {
     "missing-field": (_missing_world, "$.cluster.world_size: required property missing"),
     "wrong-type": (_wrong_type, "$.settings.repeats: '3' is not of type 'integer'"),
     "newer-major": (lambda doc: json.dumps({**doc, "schema_version": "3.1"}),
-                    "$.schema_version: hardware-profile 3.1 is newer than this reader supports (1.0); "
+                    "$.schema_version: hardware-profile 3.1 is newer than this reader supports (1.0 to 1.1); "
                     "upgrade the tool"),
 }
 

@@ -1,8 +1,7 @@
 """Read, validate, route and write galvatron documents (the only contract between the four tools).
 
-The single source of this module is ``contracts/documents.py`` at the repository root; ``tools/sync_contracts.py``
-copies it, with ``schemas/``, into every package as ``galvatron_<x>/_contracts/``. Edit the source, then run
-``python tools/sync_contracts.py``; ``python tools/sync_contracts.py --check`` (and a test) fails on drift.
+Every tool imports this one module (galvatron-contracts); the schemas are its package data, built from the
+repository's top-level ``schemas/``.
 
     docs = read_documents(["profile.json", "-"])           # paths, '-' for stdin, several docs per stream
     by_kind = route(docs, {"hardware-profile", "model-profile"})
@@ -12,7 +11,7 @@ Reader policy (schemas/README.md): same major and known minor -> strict validati
 against the newest known minor with unknown fields allowed, and a warning on stderr; older major -> migrated step by
 step (MIGRATIONS); newer major -> DocumentError (exit 3) naming the supported range. Beyond the schema, a document's
 ``model`` must be arithmetically sound (heads divide hidden, kv_heads divide heads) and a plan must follow the
-rank-layout convention (``ranks.plan_errors``).
+rank-layout convention and be trainable in some world (``plan.plan_errors``).
 """
 from __future__ import annotations
 
@@ -32,13 +31,17 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from referencing import Registry, Resource
 
-from .ranks import plan_errors
+from .plan import plan_errors
 
 # A package's copy ships its schemas beside it; the single source (contracts/ at the root) reads schemas/.
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 if not SCHEMA_DIR.is_dir():
     SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 DOCUMENT_KINDS = ("hardware-profile", "model-profile", "cost-model", "plan", "run-report")
+# The version the tools write of each kind: the release whose fields they fill. A writer moves to a new minor
+# here, once, when it starts to fill the new field (schemas/README.md, "Versioning policy").
+CURRENT_VERSION = {"hardware-profile": "1.1", "model-profile": "1.1", "cost-model": "1.1", "plan": "1.0",
+                   "run-report": "1.1"}
 ID_PREFIX = "urn:galvatron:schema:"
 MAX_MESSAGE = 240  # characters of one schema message (jsonschema quotes whole sub-documents)
 

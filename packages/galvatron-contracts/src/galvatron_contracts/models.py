@@ -1,6 +1,6 @@
 """Model specs: presets, Hugging Face ``config.json`` import, exact parameter counts and FLOPs.
 
-A spec is the ``model-spec`` schema's object. Single source: ``contracts/models.py`` (synced into each package).
+A spec is the ``model-spec`` schema's object.
 
     spec = load_model_spec("llama2-7b")            # a preset
     spec = load_model_spec("path/to/config.json")  # GPT-2 or LLaMA keys, read as plain JSON
