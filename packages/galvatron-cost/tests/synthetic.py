@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from galvatron_contracts.documents import CURRENT_VERSION
+
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 LINKS = {"bw_intra": 100e9, "b_node": 25e9, "a_intra": 5e-6, "a_inter": 20e-6, "p2p_intra": 50e9,
          "p2p_node": 20e9, "p2p_alpha": 15e-6}
@@ -89,7 +91,8 @@ def hardware_profile(nodes=1, gpn=4, links=LINKS, noise=0.0, seed=0, sizes=None,
         p2p.append({"pp_degree": pp, "crosses_nodes": bool(crossing), "concurrent_pairs": dist, "points": pts})
         pp *= 2
     dev = {"type": device, "name": "synthetic-cpu" if device == "cpu" else "synthetic-gpu"}
-    return {"kind": "hardware-profile", "schema_version": "1.0", "producer": {"name": "tests", "version": "0"},
+    return {"kind": "hardware-profile", "schema_version": CURRENT_VERSION["hardware-profile"],
+            "producer": {"name": "tests", "version": "0"},
             "cluster": {"nodes": nodes, "gpus_per_node": gpn, "world_size": world, "device": dev,
                         "backend": "gloo" if device == "cpu" else "nccl"},
             "settings": {"dtype": "fp32", "warmup": 1, "repeats": 5, "quick": True},
@@ -157,7 +160,8 @@ def model_profile(spec, tp_degrees=(1, 2), seq_lens=(32,), mbs=(1, 2, 4), dtype=
             layers.append({"layer": kind, "tp": t, "param_count": pc, "param_count_tp_replicated": rep,
                            "memory": memory, "timings": timings})
     dev = {"type": device, "name": "synthetic-cpu" if device == "cpu" else "synthetic-gpu"}
-    doc = {"kind": "model-profile", "schema_version": "1.0", "producer": {"name": "tests", "version": "0"},
+    doc = {"kind": "model-profile", "schema_version": CURRENT_VERSION["model-profile"],
+           "producer": {"name": "tests", "version": "0"},
            "model": dict(spec),
            "settings": {"dtype": dtype, "seq_lens": list(seq_lens), "micro_batch_sizes": list(mbs),
                         "tp_degrees": list(tp_degrees), "concurrent_ranks": 1, "threads_per_rank": 1,

@@ -29,7 +29,17 @@ def test_fit_from_paths_to_file(profiles, tmp_path):
     r = run(["fit", str(profiles / "hw.json"), str(profiles / "mp.json"), "-o", str(out)])
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
-    assert doc["kind"] == "cost-model" and schema_errors(doc, "cost-model", "1.0") == []
+    assert doc["kind"] == "cost-model" and schema_errors(doc, "cost-model", doc["schema_version"]) == []
+    assert r.stdout == ""                                   # the document went to the file, the log to stderr
+    assert r.stderr.startswith("galvatron-cost: fitted 30 strategies over 2 pipeline degrees") and str(out) in r.stderr
+
+
+def test_help_shows_examples_and_the_output_flag():
+    for args in (["--help"], ["fit", "--help"]):
+        r = run(args)
+        assert r.exit_code == 0 and "Examples:" in r.output
+        assert "galvatron-cost fit hw.json model.json -o cost.json" in r.output      # a \b paragraph: kept whole
+    assert "-o, --output FILE" in run(["fit", "--help"]).output
 
 
 def test_fit_from_one_stream_on_stdin_with_explain(profiles):
@@ -41,7 +51,7 @@ def test_fit_from_one_stream_on_stdin_with_explain(profiles):
     assert doc["cluster"]["world_size"] == 2
     err = r.stderr
     assert "collectives: time = alpha + wire bytes / bandwidth" in err
-    assert "decoder/tp2-c/ddp" in err and "R2" in err and "fitted" in err
+    assert "decoder tp2 dp1 ddp" in err and "R2" in err and "fitted" in err
 
 
 def test_model_check_exit_3(profiles):

@@ -29,11 +29,11 @@ def two_ranks():
 
 def test_two_ranks_validates_and_enumerates(two_ranks):
     doc = two_ranks
-    assert schema_errors(doc, "cost-model", "1.0") == []
+    assert schema_errors(doc, "cost-model", doc["schema_version"]) == []
     dumps(doc)                                            # finite, schema-valid, semantic checks
     assert [p["pp"] for p in doc["pipelines"]] == [1, 2]
     pipe = doc["pipelines"][0]
-    assert [lay["id"] for lay in pipe["layouts"]] == ["tp1-c", "tp2-c", "tp2-c-sp"]
+    assert [lay["id"] for lay in pipe["layouts"]] == ["tp1 dp2", "tp2 dp1", "tp2+sp dp1"]
     assert len(pipe["transitions"]) == 3 * 2
     # tp1 (dp 2): 3 shardings x 2 recompute for decoder and head, 3 for embedding; tp2 (dp 1): ddp only
     assert len(pipe["strategies"]) == 6 + 3 + 6 + 2 * (2 + 1 + 2)
@@ -43,14 +43,14 @@ def test_two_ranks_validates_and_enumerates(two_ranks):
 
 def test_tensor_parallel_comm_by_hand(two_ranks):
     s, h = 32, 64
-    st = _strategy(two_ranks, 1, "decoder/tp2-c/ddp")
+    st = _strategy(two_ranks, 1, "decoder tp2 dp1 ddp")
     # two all-reduces of s*h*4 bytes per sample over the intra-node pair: alpha = 2(n-1) a_intra each
     assert st["time"]["forward_comm"]["fixed_s"] == pytest.approx(2 * 2 * L["a_intra"], rel=1e-5)
     assert st["time"]["forward_comm"]["per_sample_s"] == pytest.approx(2 * 1.0 * s * h * 4 / L["bw_intra"], rel=1e-5)
     assert st["time"]["backward_comm"] == st["time"]["forward_comm"]
-    rc = _strategy(two_ranks, 1, "decoder/tp2-c/ddp/rc")
+    rc = _strategy(two_ranks, 1, "decoder tp2 dp1 ddp rc")
     assert rc["time"]["backward_comm"]["per_sample_s"] == pytest.approx(2 * st["time"]["forward_comm"]["per_sample_s"])
-    sp = _strategy(two_ranks, 1, "decoder/tp2-c-sp/ddp")
+    sp = _strategy(two_ranks, 1, "decoder tp2+sp dp1 ddp")
     # each all-reduce becomes all-gather + reduce-scatter of the same buffer: (n-1)/n + (n-1)/n = 2(n-1)/n wire
     assert sp["time"]["forward_comm"]["per_sample_s"] == pytest.approx(2 * (0.5 + 0.5) * s * h * 4 / L["bw_intra"],
                                                                        rel=1e-5)
@@ -60,11 +60,11 @@ def test_tensor_parallel_comm_by_hand(two_ranks):
 
 def test_data_parallel_comm_and_memory_by_hand(two_ranks):
     P = 12 * 64 * 64 + 13 * 64                          # one gpt2 block, h = 64
-    ddp = _strategy(two_ranks, 1, "decoder/tp1-c/ddp")
+    ddp = _strategy(two_ranks, 1, "decoder tp1 dp2 ddp")
     assert ddp["time"]["grad_sync_s"] == pytest.approx(2 * L["a_intra"] + 4 * P / L["bw_intra"], rel=1e-5)
     assert ddp["memory"]["param_bytes"] == 4 * P and ddp["memory"]["grad_bytes"] == 4 * P
     assert ddp["memory"]["optimizer_bytes"] == 8 * P
-    z3 = _strategy(two_ranks, 1, "decoder/tp1-c/zero3")
+    z3 = _strategy(two_ranks, 1, "decoder tp1 dp2 zero3")
     assert z3["time"]["grad_sync_s"] == 0
     # every dim 0 of the block is even: P_d = P / 2; all-gather of 4 P bytes moves half of it
     assert z3["time"]["param_gather_forward_s"] == pytest.approx(L["a_intra"] + 0.5 * 4 * P / L["bw_intra"], rel=1e-5)
@@ -78,27 +78,61 @@ def test_data_parallel_comm_and_memory_by_hand(two_ranks):
 
 def test_recompute_memory(two_ranks):
     s, h = 32, 64
-    full = _strategy(two_ranks, 1, "decoder/tp1-c/ddp")["memory"]
-    rc = _strategy(two_ranks, 1, "decoder/tp1-c/ddp/rc")["memory"]
+    full = _strategy(two_ranks, 1, "decoder tp1 dp2 ddp")["memory"]
+    rc = _strategy(two_ranks, 1, "decoder tp1 dp2 ddp rc")["memory"]
     assert rc["activation"]["per_sample_bytes"] == s * h * 4 / 2          # only the layer input, b/2 per rank
     extra = rc["workspace"]["per_sample_bytes"] - full["workspace"]["per_sample_bytes"]
     assert extra == pytest.approx(full["activation"]["per_sample_bytes"] - rc["activation"]["per_sample_bytes"])
 
 
-def test_tied_embeddings(two_ranks):
-    h, v = 64, 256
-    head1 = _strategy(two_ranks, 1, "head/tp1-c/ddp")
-    assert head1["memory"]["param_bytes"] == 4 * 2 * h                     # only the final LayerNorm at pp = 1
-    head2 = _strategy(two_ranks, 2, "head/tp1-c/ddp")
-    assert head2["memory"]["param_bytes"] == 4 * (2 * h + v * h)            # the last stage's copy at pp = 2
-    # its gradient is summed with the first stage's every iteration: a 2-rank all-reduce
-    assert head2["time"]["grad_sync_s"] == pytest.approx(2 * L["a_intra"] + 4 * v * h / L["bw_intra"], rel=1e-5)
+def all_reduce_2(nbytes):
+    """A 2-rank all-reduce inside a node (synthetic links): 2 latency steps, (n-1)/n * 2 = 1 byte on the wire."""
+    return 2 * L["a_intra"] + nbytes / L["bw_intra"]
+
+
+def test_tied_embeddings_one_stage_share_the_table(two_ranks):
+    """pp = 1: the head uses the embedding's table: no copy in memory, no optimizer step on it, no gradient sum;
+    the table's gradient is synchronised once, by the embedding's data-parallel all-reduce."""
+    h, v, positions = 64, 256, 64
+    head, emb = _strategy(two_ranks, 1, "head tp1 dp2 ddp"), _strategy(two_ranks, 1, "embedding tp1 dp2 ddp")
+    assert head["memory"]["param_bytes"] == head["memory"]["grad_bytes"] == 4 * 2 * h      # the final LayerNorm
+    assert head["memory"]["optimizer_bytes"] == 8 * 2 * h
+    assert head["time"]["grad_sync_s"] == pytest.approx(all_reduce_2(4 * 2 * h), rel=1e-5)
+    assert emb["memory"]["param_bytes"] == 4 * (v + positions) * h
+    assert emb["time"]["grad_sync_s"] == pytest.approx(all_reduce_2(4 * (v + positions) * h), rel=1e-5)
+
+
+def test_tied_embeddings_across_stages_sum_the_copies_once(two_ranks):
+    """pp > 1: the last stage holds a copy of the table; one all-reduce between the first and the last stage sums
+    the two gradients each iteration. Both ends wait for it, so both strategies count that one collective."""
+    h, v, positions = 64, 256, 64
+    head, emb = _strategy(two_ranks, 2, "head tp1 dp1 ddp"), _strategy(two_ranks, 2, "embedding tp1 dp1 ddp")
+    assert head["memory"]["param_bytes"] == head["memory"]["grad_bytes"] == 4 * (2 * h + v * h)
+    assert head["memory"]["optimizer_bytes"] == 8 * (2 * h + v * h)
+    assert emb["memory"]["param_bytes"] == 4 * (v + positions) * h                 # its own table, unchanged
+    tied = all_reduce_2(4 * v * h)                                                 # dp 1: nothing else to sync
+    assert head["time"]["grad_sync_s"] == pytest.approx(tied, rel=1e-5)
+    assert emb["time"]["grad_sync_s"] == pytest.approx(tied, rel=1e-5)
+    # 4 ranks, 2 stages of 2: under zero3 each rank sums its half of the table with its peer's (ranks 0-2, 1-3)
+    doc = _doc(1, 4)
+    for layer in ("head", "embedding"):
+        z3 = _strategy(doc, 2, f"{layer} tp1 dp2 zero3")
+        assert z3["time"]["grad_sync_s"] == pytest.approx(all_reduce_2(4 * v * h // 2), rel=1e-5)
+
+
+def test_untied_embeddings_hold_their_own_head_and_sum_nothing():
+    spec = PRESETS["tiny-llama"]
+    h, v = spec["hidden"], spec["vocab_size"]
+    doc = _doc(1, 2, spec=spec)
+    assert _strategy(doc, 1, "head tp1 dp2 ddp")["memory"]["param_bytes"] == 4 * (v * h + h)
+    for layer in ("head", "embedding"):
+        assert _strategy(doc, 2, f"{layer} tp1 dp1 ddp")["time"]["grad_sync_s"] == 0.0
 
 
 def test_pipeline_p2p(two_ranks):
     pipe = two_ranks["pipelines"][1]
     lay = pipe["layouts"][0]
-    assert (pipe["pp"], pipe["stage_ranks"], lay["id"]) == (2, 1, "tp1-c")
+    assert (pipe["pp"], pipe["stage_ranks"], lay["id"]) == (2, 1, "tp1 dp1")
     assert lay["p2p"]["fixed_s"] == pytest.approx(L["p2p_alpha"], rel=1e-5)
     assert lay["p2p"]["per_sample_s"] == pytest.approx(32 * 64 * 4 / L["p2p_intra"], rel=1e-5)
     assert two_ranks["pipelines"][0]["layouts"][0]["p2p"] == {"fixed_s": 0.0, "per_sample_s": 0.0}
@@ -109,14 +143,14 @@ def test_four_ranks_layouts_and_transitions():
     dumps(doc)
     pipe = doc["pipelines"][0]
     ids = [lay["id"] for lay in pipe["layouts"]]
-    assert ids == ["tp1-c", "tp2-c", "tp2-c-sp", "tp2-s", "tp2-s-sp", "tp4-c", "tp4-c-sp"]
+    assert ids == ["tp1 dp4", "tp2 dp2", "tp2+sp dp2", "tp2s dp2", "tp2s+sp dp2", "tp4 dp1", "tp4+sp dp1"]
     tr = {(t["from"], t["to"]): t for t in pipe["transitions"]}
     assert len(tr) == 7 * 6
     # tp1 -> tp2-c: a batch all-gather of a quarter of the micro-batch forward; free backward
-    t = tr[("tp1-c", "tp2-c")]
+    t = tr[("tp1 dp4", "tp2 dp2")]
     assert t["forward"]["per_sample_s"] == pytest.approx(0.25 * 32 * 64 * 4 / L["bw_intra"], rel=1e-5)
     assert t["backward"] == {"fixed_s": 0.0, "per_sample_s": 0.0}
-    assert tr[("tp2-c", "tp1-c")]["forward"] == {"fixed_s": 0.0, "per_sample_s": 0.0}
+    assert tr[("tp2 dp2", "tp1 dp4")]["forward"] == {"fixed_s": 0.0, "per_sample_s": 0.0}
     # tp4 was not profiled: derived and flagged
     tp4 = [c for c in doc["fits"]["compute"] if c["tp"] == 4]
     assert tp4 and all(c["extrapolated"] for c in tp4)
@@ -138,7 +172,7 @@ def test_two_by_eight_extrapolated_to_128_nodes():
     assert all(not c["extrapolated"] for c in doc["fits"]["collectives"] if "quality" in c)
     # tp8 within a node reuses the probed intra-node fit; the dp group of 128 nodes (one rank each) is the
     # node link shared by 8 groups
-    z = _strategy(doc, 1, "decoder/tp8-c/zero3")
+    z = _strategy(doc, 1, "decoder tp8 dp128 zero3")
     P_d = z["memory"]["param_bytes"] // 4
     ag = z["time"]["param_gather_forward_s"]
     wire = 127 / 128 * 4 * P_d * 128
@@ -151,7 +185,7 @@ def test_settings_and_model_check():
     hw, mp = synthetic.hardware_profile(1, 2), synthetic.model_profile(TINY, seq_lens=(16, 32))
     doc = fit(hw, mp, seq_len=24, optimizer="sgd", runtime_overhead_bytes=123)
     assert doc["training"] == {"seq_len": 24, "dtype": "fp32", "optimizer": "sgd", "runtime_overhead_bytes": 123}
-    assert _strategy(doc, 1, "decoder/tp1-c/ddp")["memory"]["optimizer_bytes"] == 0
+    assert _strategy(doc, 1, "decoder tp1 dp2 ddp")["memory"]["optimizer_bytes"] == 0
     fit(hw, mp, model=copy.deepcopy(TINY))                # same architecture: fine
     with pytest.raises(DocumentError, match="not the asked 'tiny-llama'"):
         fit(hw, mp, model=PRESETS["tiny-llama"])
@@ -224,19 +258,19 @@ def test_optimizer_step_by_hand():
     """The profile's fit times the parameters each rank updates: all of the shard under ddp, 1/dp under zero2/3."""
     fixed, per_param = synthetic.OPTIMIZER
     doc = fit(synthetic.hardware_profile(1, 2), synthetic.model_profile(TINY, optimizer=True))
-    assert schema_errors(doc, "cost-model", "1.0") == []
+    assert schema_errors(doc, "cost-model", doc["schema_version"]) == []
     assert doc["optimizer_step"] == {"fixed_s": fixed, "per_param_s": per_param, "measured": True,
                                      "optimizer": "adamw"}
     P = 12 * 64 * 64 + 13 * 64                          # one gpt2 block, h = 64; every dim 0 even
     for sharding, held in (("ddp", P), ("zero2", P // 2), ("zero3", P // 2)):
-        for rc in ("", "/rc"):
-            st = _strategy(doc, 1, f"decoder/tp1-c/{sharding}{rc}")
+        for rc in ("", " rc"):
+            st = _strategy(doc, 1, f"decoder tp1 dp2 {sharding}{rc}")
             assert st["time"]["optimizer_step_s"] == pytest.approx(per_param * held, rel=1e-12)
-    tp2 = _strategy(doc, 1, "decoder/tp2-c/ddp")          # tp 2, dp 1: the tp shard (replicated norms/biases whole)
+    tp2 = _strategy(doc, 1, "decoder tp2 dp1 ddp")          # tp 2, dp 1: the tp shard (replicated norms/biases whole)
     count, _ = synthetic.shard_params(TINY, "decoder", 2)
     assert tp2["time"]["optimizer_step_s"] == pytest.approx(per_param * count, rel=1e-12)
-    assert _strategy(doc, 1, "head/tp1-c/ddp")["time"]["optimizer_step_s"] == pytest.approx(per_param * 2 * 64)
-    assert _strategy(doc, 2, "head/tp1-c/ddp")["time"]["optimizer_step_s"] == pytest.approx(
+    assert _strategy(doc, 1, "head tp1 dp2 ddp")["time"]["optimizer_step_s"] == pytest.approx(per_param * 2 * 64)
+    assert _strategy(doc, 2, "head tp1 dp1 ddp")["time"]["optimizer_step_s"] == pytest.approx(
         per_param * (2 * 64 + 256 * 64))                 # the last stage's copy of the tied table at pp = 2
 
 

@@ -7,11 +7,11 @@ from galvatron_cost.layouts import Layout, coords, enumerate_layouts, gather_nee
 
 def test_enumerate_layouts():
     ids = [lay.id for lay in enumerate_layouts(8, 8)]
-    assert ids == ["tp1-c", "tp2-c", "tp2-c-sp", "tp2-s", "tp2-s-sp", "tp4-c", "tp4-c-sp", "tp4-s", "tp4-s-sp", "tp8-c",
-                   "tp8-c-sp"]
-    assert [lay.id for lay in enumerate_layouts(8, 2)] == ["tp1-c", "tp2-c", "tp2-c-sp", "tp2-s", "tp2-s-sp"]
-    assert [lay.id for lay in enumerate_layouts(4, 8, lambda t: t <= 2)] == ["tp1-c", "tp2-c", "tp2-c-sp", "tp2-s",
-                                                                             "tp2-s-sp"]
+    assert ids == ["tp1 dp8", "tp2 dp4", "tp2+sp dp4", "tp2s dp4", "tp2s+sp dp4", "tp4 dp2", "tp4+sp dp2", "tp4s dp2",
+                   "tp4s+sp dp2", "tp8 dp1", "tp8+sp dp1"]
+    assert [lay.id for lay in enumerate_layouts(8, 2)] == ids[:5]
+    assert [lay.id for lay in enumerate_layouts(4, 8, lambda t: t <= 2)] == ["tp1 dp4", "tp2 dp2", "tp2+sp dp2",
+                                                                             "tp2s dp2", "tp2s+sp dp2"]
     assert all(lay.tp * lay.dp == 8 for lay in enumerate_layouts(8, 8))
 
 

@@ -5,7 +5,6 @@ from galvatron_contracts.models import PRESETS, layer_param_counts
 from galvatron_cost.memory import (
     activation_per_sample,
     derive_split,
-    in_flight_microbatches,
     model_states,
     numel,
     param_shapes,
@@ -85,10 +84,3 @@ def test_megatron_closed_form_activations_through_the_split():
     split = {"tp_divided": s * h * (24 + 5 * a * s / h) // t, "tp_replicated": 10 * s * h}
     assert activation_per_sample(split, t, False, 1) == pytest.approx(s * h * (10 + 24 / t + 5 * a * s / (h * t)))
     assert activation_per_sample(split, t, True, 1) == pytest.approx(s * h * (34 + 5 * a * s / h) / t)
-
-
-def test_one_f_one_b_in_flight():
-    # 1F1B: stage i of p holds min(p - i, m) micro-batches; GPipe all m
-    assert [in_flight_microbatches(i, 4, 8) for i in range(4)] == [4, 3, 2, 1]
-    assert [in_flight_microbatches(i, 4, 2) for i in range(4)] == [2, 2, 2, 1]
-    assert in_flight_microbatches(0, 4, 8, "gpipe") == 8

@@ -86,9 +86,10 @@ def test_every_document_number_is_finite_non_negative_and_monotone_in_b(links, s
             if len(states) == 3:
                 assert states["zero3"] <= states["zero2"] <= states["ddp"]
         lay = {x["id"]: x for x in pipe["layouts"]}
+        plain_of = {(x["tp"], x["tp_layout"]): x["id"] for x in pipe["layouts"] if not x["sp"]}
         acts = {(s["layer"], s["layout"], s["recompute"], s["dp_sharding"]): s["memory"]["activation"]
                 for s in pipe["strategies"]}
         for (layer, lid, rc, sh), act in acts.items():
             if lay[lid]["sp"]:                        # sequence parallelism never adds activation bytes
-                plain = acts[(layer, lid[:-3], rc, sh)]
+                plain = acts[(layer, plain_of[(lay[lid]["tp"], lay[lid]["tp_layout"])], rc, sh)]
                 assert act["per_sample_bytes"] <= plain["per_sample_bytes"]

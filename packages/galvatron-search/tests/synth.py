@@ -6,7 +6,9 @@ import random
 
 import numpy as np
 
-from galvatron_search.costs import CostTables, normal_layout
+from galvatron_contracts.documents import CURRENT_VERSION
+from galvatron_contracts.ranks import canonical_layout
+from galvatron_search.costs import CostTables
 from galvatron_search.evaluate import Spec, evaluate_spec
 
 
@@ -77,10 +79,10 @@ def cost_model(seed: int, nodes: int = 1, gpus_per_node: int = 4, layers: int = 
         pipelines.append({"pp": pp, "stage_ranks": S, "layouts": layouts, "transitions": transitions,
                           "strategies": strategies})
     doc = {
-        "kind": "cost-model", "schema_version": "1.0",
+        "kind": "cost-model", "schema_version": CURRENT_VERSION["cost-model"],
         "producer": {"name": "galvatron-search-tests", "version": "0", "note": f"synthetic, seed {seed}"},
         "inputs": [],
-        "model": {"name": "synth", "family": "llama", "layers": layers, "hidden": 64, "heads": 4, "kv_heads": 4,
+        "model": {"name": "synth", "family": "llama", "layers": layers, "hidden": 64, "heads": 8, "kv_heads": 8,
                   "ffn_hidden": 176, "vocab_size": 256, "max_seq_len": 64, "tied_embeddings": tied},
         "cluster": {"nodes": nodes, "gpus_per_node": gpus_per_node, "world_size": world,
                     "device": {"type": "cuda", "name": "synthetic"}, "backend": "nccl"},
@@ -138,5 +140,5 @@ def brute_force(cm: dict, budget: float, B: int, buckets: int = 256, schedules=(
 
 def _same_class(pipe, e, h, S):
     el, hl = pipe.layouts[pipe.kinds["embedding"].layout[e]], pipe.layouts[pipe.kinds["head"].layout[h]]
-    key = lambda lay: (lay["tp"], normal_layout(lay["tp"], lay["tp_layout"], S), lay["sp"])  # noqa: E731
+    key = lambda lay: (lay["tp"], canonical_layout(lay["tp"], lay["tp_layout"], S), lay["sp"])  # noqa: E731
     return key(el) == key(hl) and pipe.kinds["embedding"].sharding[e] == pipe.kinds["head"].sharding[h]

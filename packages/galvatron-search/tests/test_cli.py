@@ -5,6 +5,7 @@ from click.testing import CliRunner
 from synth import cost_model
 
 from galvatron_contracts.documents import validate
+from galvatron_contracts.names import plan_summary
 from galvatron_search.cli import main
 
 
@@ -25,6 +26,8 @@ def test_search_both_spellings_stdin_output_and_explain(tmp_path):
     r = run(["--memory", "16", path, "--global-batch", "8", "-o", str(out), "--explain"])
     assert r.exit_code == 0, r.output
     plan = validate(json.loads(out.read_text()), "plan", "plan")
+    assert r.stdout == "" and r.stderr.rstrip().endswith(f"-> {out}")         # the closing line, after --explain
+    assert "galvatron-search: searched" in r.stderr and plan_summary(plan) in r.stderr
     assert "stage" in r.stderr and "uniform-3d" in r.stderr and "breakdown" in r.stderr
     r2 = run(["search", "--memory", "16", "-", "--global-batch", "8", "--no-baselines"], input=json.dumps(cm))
     assert r2.exit_code == 0
@@ -42,6 +45,7 @@ def test_evaluate_own_and_hand_written_plans(tmp_path):
     r = run(["evaluate", write(tmp_path, "plan.json", plan), cm_path])
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["predictions"] == plan["predictions"]
+    assert r.stderr.startswith(f"galvatron-search: evaluated: {plan_summary(plan)}; predicted ")
     # a hand-written plan: one stage, every layer in the first decoder strategy's layout, no predictions
     pipe = next(p for p in cm["pipelines"] if p["pp"] == 1)
     lay = {x["id"]: x for x in pipe["layouts"]}
@@ -51,11 +55,11 @@ def test_evaluate_own_and_hand_written_plans(tmp_path):
         return {"tp": x["tp"], "tp_layout": x["tp_layout"], "sp": x["sp"], "dp": x["dp"],
                 "dp_sharding": s["dp_sharding"], "recompute": s["recompute"]}
     d = strat("decoder")
-    from galvatron_search.document import groups
+    from galvatron_contracts.ranks import rank_groups
     used = {(s["tp"], s["tp_layout"]) for s in (d, strat("embedding"), strat("head"))}
     layouts = []
     for tp, tl in sorted(used):
-        tg, dg = groups(tp, tl, 8, 0)
+        tg, dg = rank_groups(range(8), tp, tl)
         layouts.append({"tp": tp, "tp_layout": tl, "dp": 8 // tp, "tp_groups": tg, "dp_groups": dg})
     hand = {"kind": "plan", "schema_version": "1.0", "producer": {"name": "by hand", "version": "0"},
             "model": cm["model"], "cluster": {"nodes": 1, "gpus_per_node": 8, "world_size": 8},
@@ -71,11 +75,11 @@ def test_evaluate_own_and_hand_written_plans(tmp_path):
     other = dict(hand, cluster={"nodes": 2, "gpus_per_node": 4, "world_size": 8})
     r = run(["evaluate", write(tmp_path, "other.json", other), cm_path])
     assert r.exit_code == 4 and "cluster" in r.stderr
-    # a micro-batch the dp degree does not divide: exit 4
+    # a micro-batch the dp degree does not divide: wrong in any world, an invalid plan (galvatron_contracts.plan)
     odd = dict(hand, micro_batch_size=3, global_batch=6)
     if d["dp"] > 1 and 3 % d["dp"]:
         r = run(["evaluate", write(tmp_path, "odd.json", odd), cm_path])
-        assert r.exit_code == 4 and "divisible" in r.stderr
+        assert r.exit_code == 3 and "divisible" in r.stderr and "odd.json" in r.stderr
 
 
 def test_exit_codes(tmp_path):
@@ -126,3 +130,13 @@ def test_restricting_flags_reach_the_search(tmp_path):
             plan = json.loads(r.stdout)
             assert all(s["tp"] == 1 for s in plan["layers"]) and len({json.dumps(s) for s in plan["layers"]}) == 1
     assert found >= 2
+
+
+def test_help_shows_examples_and_the_output_flag():
+    for args, example in ((["--help"], "galvatron-search --memory 32 cost.json -o plan.json"),
+                          (["search", "--help"], "galvatron-search --memory 32 cost.json -o plan.json"),
+                          (["evaluate", "--help"], "galvatron-search evaluate plan.json other-cost.json")):
+        r = run(args)
+        assert r.exit_code == 0 and "Examples:" in r.stdout and example in r.stdout, args
+    for command in ("search", "evaluate"):
+        assert "-o, --output FILE" in run([command, "--help"]).stdout

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from synth import brute_force, cost_model
 
 from galvatron_contracts.documents import InfeasibleError, validate
+from galvatron_contracts.pipeline import even_split
 from galvatron_search import evaluate, search
 from galvatron_search.costs import CostTables
 from galvatron_search.evaluate import evaluate_spec
@@ -148,7 +149,7 @@ def test_uniform_plans_use_one_strategy():
             continue
         assert len({tuple(sorted(s.items())) for s in plan["layers"]}) == 1
         sizes = [s["layer_end"] - s["layer_start"] for s in plan["stages"]]
-        assert max(sizes) - min(sizes) <= 1
+        assert sizes == even_split(4, len(sizes))
 
 
 def test_infeasible_names_the_smallest_budget():

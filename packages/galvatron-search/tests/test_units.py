@@ -2,11 +2,14 @@
 import math
 
 import numpy as np
+from synth import cost_model
 
-from galvatron_contracts.ranks import rank_groups
-from galvatron_search.costs import inflight, overlap, units
-from galvatron_search.document import groups
-from galvatron_search.planner import even_bounds
+from galvatron_contracts.documents import validate
+from galvatron_contracts.pipeline import even_split
+from galvatron_contracts.ranks import rank_groups, stage_ranks
+from galvatron_search.costs import CostTables, overlap, units
+from galvatron_search.document import plan_body
+from galvatron_search.evaluate import Spec
 
 
 def test_overlap_closed_forms():
@@ -22,27 +25,31 @@ def test_overlap_closed_forms():
     assert np.all(np.diff(v) >= 0) and np.all(v >= np.maximum(c, k) - 1e-12) and np.all(v <= c + k * 1.2 + 1e-12)
 
 
-def test_inflight():
-    assert [inflight("1f1b", 4, i, 8) for i in range(4)] == [4, 3, 2, 1]
-    assert [inflight("1f1b", 4, i, 2) for i in range(4)] == [2, 2, 2, 1]
-    assert [inflight("gpipe", 4, i, 8) for i in range(4)] == [8] * 4
-
-
 def test_units_round_up():
     assert units(100.0, 10, 1000.0) == 1
     assert units(101.0, 10, 1000.0) == 2
     assert units(0.0, 10, 1000.0) == 0
 
 
-def test_even_bounds():
-    assert even_bounds(32, 4) == [0, 8, 16, 24, 32]
-    assert even_bounds(10, 4) == [0, 2, 4, 7, 10]
-
-
-def test_groups_follow_the_convention():
-    for tp in (1, 2, 4, 8):
-        for layout in ("consecutive", "strided"):
-            assert groups(tp, layout, 8, 16) == rank_groups(range(16, 24), tp, layout)
+def test_plan_stages_and_groups_follow_the_rank_convention():
+    """Every decoder strategy of every pipeline degree, written out as a plan: ranks and groups as the contracts'
+    convention says (strided layouts included)."""
+    checked = 0
+    for seed in range(8):
+        tables = CostTables(cost_model(seed, 2, 4, 4, False, max_dec=3))
+        for pp, pipe in tables.pipes.items():
+            bounds = [0, *np.cumsum(even_split(tables.layers, pp)).tolist()]
+            for row in range(len(pipe.kinds["decoder"])):
+                spec = Spec(pp=pp, b=8, m=8, schedule="gpipe", bounds=bounds, dec=[row] * tables.layers, emb=0,
+                            head=0)
+                plan = validate(plan_body(tables, spec), "plan", "plan")    # the contracts' plan checks too
+                for k, st in enumerate(plan["stages"]):
+                    assert st["ranks"] == stage_ranks(8, pp, k)
+                    for lay in st["layouts"]:
+                        assert (lay["tp_groups"], lay["dp_groups"]) == rank_groups(st["ranks"], lay["tp"],
+                                                                                   lay["tp_layout"])
+                checked += any(lay["tp_layout"] == "strided" for st in plan["stages"] for lay in st["layouts"])
+    assert checked > 0
 
 
 def _without_optimizer(cm):

@@ -1,12 +1,15 @@
-"""Command line of galvatron-cost.
+"""Command line of galvatron-cost (``galvatron-cost fit --help`` shows these examples).
 
     galvatron-cost fit hw.json model.json -o cost.json
     { galvatron-probe bandwidth; galvatron-probe compute --model gpt2-small; } | galvatron-cost fit - --explain
     galvatron-cost fit profiles.json --nodes 128 --gpus-per-node 8 --seq-len 2048 -o cost.json
+
+The cost model goes to stdout or ``-o FILE`` (written atomically); the --explain tables, the closing summary line,
+warnings and errors go to stderr. Exit codes: 0 ok, 1 runtime failure, 2 usage, 3 invalid or disagreeing input
+documents.
 """
 from __future__ import annotations
 
-import sys
 import time
 
 import click
@@ -22,7 +25,17 @@ from .explain import explain
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="galvatron-cost")
 def main():
-    """Fit time and memory models of every candidate layer strategy (Galvatron microtools)."""
+    """Fit time and memory models of every candidate layer strategy (Galvatron microtools).
+
+    Examples:
+
+    \b
+    The cost model of a hardware-profile and a model-profile:
+        galvatron-cost fit hw.json model.json -o cost.json
+
+    The cost model goes to stdout or -o FILE; --explain tables, the closing summary line, warnings and errors to
+    stderr. Exit codes: 0 ok, 1 runtime failure, 2 usage, 3 invalid or disagreeing input documents.
+    """
 
 
 @main.command("fit")
@@ -38,12 +51,28 @@ def main():
               help="Per-rank memory the runtime holds regardless of the plan.")
 @click.option("--model", "model_name", help="Check the model-profile is of this preset or config.json (exit 3).")
 @click.option("--explain", "show", is_flag=True, help="Print the fits and a few strategies' costs on stderr.")
-@click.option("-o", "--output", default="-", show_default=True, help="Output file ('-' for stdout).")
+@click.option("-o", "--output", default="-", metavar="FILE", help="Write the cost model to FILE (default: stdout).")
 @exits_cleanly
 def fit_cmd(docs, nodes, gpus_per_node, seq_len, dtype, optimizer, max_tp, max_pp, runtime_overhead_mib,
             model_name, show, output):
-    """Read a hardware-profile and a model-profile (paths, '-' for stdin, or one stream holding both) and write
-    the cost model of every candidate layer strategy on the target cluster."""
+    """Read a hardware-profile and a model-profile (DOCS: paths, '-' for stdin, or one stream holding both) and
+    write the cost model of every candidate layer strategy on the target cluster.
+
+    Examples:
+
+    \b
+    Two profiles from galvatron-probe, the cost model in cost.json:
+        galvatron-cost fit hw.json model.json -o cost.json
+
+    \b
+    Straight from the probe, the fits and a few strategies' costs on stderr:
+        { galvatron-probe bandwidth; galvatron-probe compute --model gpt2-small; } \\
+            | galvatron-cost fit - --explain -o cost.json
+
+    \b
+    Profiles of 2 nodes priced for 128 nodes of 8 ranks, sequence length 2048:
+        galvatron-cost fit hw.json model.json --nodes 128 --gpus-per-node 8 --seq-len 2048 -o cost.json
+    """
     sources = list(docs) or ["-"]
     by_kind = route(read_documents(sources), ["hardware-profile", "model-profile"], ", ".join(sources))
     for kind, found in by_kind.items():
@@ -58,6 +87,7 @@ def fit_cmd(docs, nodes, gpus_per_node, seq_len, dtype, optimizer, max_tp, max_p
     elapsed = time.perf_counter() - start
     write_document(doc, output)
     if show:
-        sys.stderr.write(explain(doc))
-        n = sum(len(p["strategies"]) for p in doc["pipelines"])
-        sys.stderr.write(f"fitted {n} strategies over {len(doc['pipelines'])} pipeline degrees in {elapsed:.2f} s\n")
+        click.echo(explain(doc), err=True, nl=False)
+    n = sum(len(p["strategies"]) for p in doc["pipelines"])
+    click.echo(f"galvatron-cost: fitted {n} strategies over {len(doc['pipelines'])} pipeline degrees in "
+               f"{elapsed:.2f} s -> {'stdout' if output == '-' else output}", err=True)

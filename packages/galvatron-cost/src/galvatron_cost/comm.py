@@ -46,6 +46,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from galvatron_contracts.documents import DocumentError
+from galvatron_contracts.ranks import rank_groups, stage_ranks
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 BETA_FLOOR = 1e-18      # s/byte: keeps a fitted bandwidth finite (1e9 GB/s)
@@ -160,12 +161,15 @@ def groups_topology(groups: np.ndarray, gpus_per_node: int) -> Topology:
 
 
 def strided_groups(world: int, n: int, stride: int, count: int | None = None) -> np.ndarray:
-    """Groups of n ranks spaced by `stride` partitioning [0, world) (the probe's layouts): rows of ranks."""
+    """Groups of n ranks spaced by `stride` partitioning [0, world) (the probe's layouts): rows of ranks.
+
+    By the rank convention these are the tp groups of tp = n, strided, over blocks of n * stride ranks taken as
+    stages (stride 1: consecutive blocks of n)."""
     block = n * stride
     if world % block:
         raise ValueError(f"group of {n} with stride {stride} does not tile {world} ranks")
-    ranks = np.arange(world).reshape(world // block, n, stride).transpose(0, 2, 1).reshape(-1, n)
-    ranks = ranks[np.argsort(ranks[:, 0], kind="stable")]
+    blocks = world // block
+    ranks = np.array([g for k in range(blocks) for g in rank_groups(stage_ranks(world, blocks, k), n, "strided")[0]])
     return ranks if count is None else ranks[:count]
 
 
@@ -357,7 +361,8 @@ class CommModel:
                 ab, q = AlphaBeta(0.0, 1.0 / (beta * 1e9)), quality(beta * x, t)
             # the probed boundary: the first whose node crossing matches the profile's flag
             pairs = min(entry["concurrent_pairs"], dist)
-            topos = [p2p_topology(k * dist + np.arange(pairs), dist, self.profile_gpn) for k in range(pp - 1)]
+            topos = [p2p_topology(np.array(stage_ranks(world, pp, k)[:pairs]), dist, self.profile_gpn)
+                     for k in range(pp - 1)]
             topo = next((t for t in topos if t.crosses == entry["crosses_nodes"]), topos[0])
             self.p2p_probed.append((pp, topo, ab, q))
             self.p2p_exact.setdefault(topo, ab)

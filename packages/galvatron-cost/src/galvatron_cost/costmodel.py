@@ -4,9 +4,20 @@
     doc = fit(hardware_profile, model_profile, nodes=128, gpus_per_node=8, seq_len=2048)
 
 Every number is per micro-batch of b samples (all dp replicas of a stage together) in ``lin`` form,
-fixed + per_sample * b, as the cost-model schema and CONVENTIONS define. See comm.py (communication), compute.py
-(compute fits), memory.py (bytes) and layouts.py (redistribution) for the models; this module applies them to every
-pipeline degree, layout and layer strategy of the target cluster.
+fixed + per_sample * b, as the cost-model schema and schemas/README.md ('Linear costs') define. See comm.py
+(communication), compute.py (compute fits), memory.py (bytes) and layouts.py (redistribution) for the models; this
+module applies them to every pipeline degree, layout and layer strategy of the target cluster.
+
+Tied embeddings (the model's ``tied_embeddings``): with one stage the head uses the embedding's table, so the head
+strategy holds no copy (no bytes, no optimizer step) and nothing is summed; the table's gradient is synchronised
+once, by the embedding's data-parallel sync. With pp > 1 the last stage holds a copy, initialised equal, in the
+head's strategy (its bytes, optimizer step and data-parallel sync), and each iteration one all-reduce sums the
+two gradients between local rank j of the first stage and local rank j of the last: it is counted in the
+grad_sync_s of both the embedding and the head strategies, since both stages wait for the same collective, with
+each end's own shard of the table (the same slice when the two ends share tp, layout and sharding).
+
+Strategy and layout ids are the shared names (galvatron_contracts.names): a layout 'tp2s+sp dp2', a strategy
+'decoder tp2s+sp dp2 zero3 rc'.
 """
 from __future__ import annotations
 
@@ -15,7 +26,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from galvatron_contracts.documents import DocumentError, UsageError, digest, producer
+from galvatron_contracts.documents import CURRENT_VERSION, DocumentError, UsageError, digest, producer
+from galvatron_contracts.names import strategy_name
+from galvatron_contracts.ranks import stage_ranks
 
 from . import __version__
 from .comm import OPS, CommModel, Topology, groups_topology, p2p_topology, wire_factor
@@ -226,7 +239,8 @@ class Builder:
     def pipeline(self, pp: int) -> dict:
         S = self.world // pp
         G = self.gpn
-        offsets = sorted({(k * S) % G for k in range(pp)})
+        firsts = [stage_ranks(self.world, pp, k)[0] for k in range(pp)]     # each stage's first global rank
+        offsets = sorted({r % G for r in firsts})                          # the topologies depend on r mod G
         layouts = enumerate_layouts(S, self.max_tp, self.tp_allowed)
         where = f" (pp={pp}, {S} ranks per stage on {self.nodes}x{G})"
         topo_cache: dict = {}
@@ -242,7 +256,7 @@ class Builder:
         # p2p between stages
         p2p_ab = None
         if pp > 1:
-            bounds = sorted({(k * S) % G for k in range(pp - 1)})
+            bounds = sorted({r % G for r in firsts[:-1]})
             worst = None
             for off in bounds:
                 topo = p2p_topology(off + np.arange(S), S, G)
@@ -346,13 +360,8 @@ class Builder:
                 gather_f = dpop("all_gather", e * P_d * d)
                 if sharding == "zero3":
                     gather_b = gather_f
-        if layer == "head" and tied and pp > 1:          # sum the two copies' gradients, first and last stage
-            j = np.arange(S)
-            pair = np.stack([j, j + (pp - 1) * S], axis=1)
-            tied_n = numel(div) if sharding == "ddp" else sharded_numel(div, d)
-            topo = groups_topology(pair, self.gpn)
-            alpha, per_byte = self.coll("all_reduce", [topo], "strided", (pp - 1) * S, where)
-            sync += alpha + wire_factor("all_reduce", 2) * 4 * tied_n * per_byte
+        if tied and pp > 1 and layer != "decoder":     # the tied table's one all-reduce; both ends wait for it
+            sync += self.tied_sum(pp, numel(div) if sharding == "ddp" else sharded_numel(div, d), where)
         states = model_states(P, P_d, sharding, self.dtype, self.optimizer)
         optim_s = self.optim["per_param_s"] * (P if sharding == "ddp" else P_d)   # parameters this rank updates
         full = self.split(layer, t, False)
@@ -362,9 +371,10 @@ class Builder:
         ws = self.workspace_per_sample(layer, t) / d
         if rc:
             ws += max(activation_per_sample(full, t, sp, d, gathered) - act, 0.0)
-        sid = f"{layer}/{lay.id}/{sharding}{'/rc' if rc else ''}"
+        name = strategy_name({"tp": t, "tp_layout": lay.tp_layout, "sp": sp, "dp": d, "dp_sharding": sharding,
+                              "recompute": rc})
         return {
-            "id": sid, "layer": layer, "layout": lay.id, "dp_sharding": sharding, "recompute": rc,
+            "id": f"{layer} {name}", "layer": layer, "layout": lay.id, "dp_sharding": sharding, "recompute": rc,
             "time": {"forward": _lin(*fwd), "backward": _lin(*bwd), "forward_comm": _lin(*fcomm),
                      "backward_comm": _lin(*bcomm), "param_gather_forward_s": float(gather_f),
                      "param_gather_backward_s": float(gather_b), "grad_reduce_per_microbatch_s": float(reduce_mb),
@@ -374,6 +384,14 @@ class Builder:
                        "activation": {"fixed_bytes": 0, "per_sample_bytes": float(act)},
                        "workspace": {"fixed_bytes": int(states["workspace_bytes"]), "per_sample_bytes": float(ws)}},
         }
+
+    def tied_sum(self, pp: int, n: int, where: str) -> float:
+        """Seconds of the all-reduce that sums a tied table's fp32 gradient (n elements per rank) between local rank
+        j of the first stage and local rank j of the last, every pair at once (see the module docstring)."""
+        pairs = np.stack([stage_ranks(self.world, pp, 0), stage_ranks(self.world, pp, pp - 1)], axis=1)
+        alpha, per_byte = self.coll("all_reduce", [groups_topology(pairs, self.gpn)], "strided",
+                                    int(pairs[0, 1] - pairs[0, 0]), where)
+        return alpha + wire_factor("all_reduce", 2) * 4 * n * per_byte
 
     # --- the document -----------------------------------------------------------------------------------------
     def document(self) -> dict:
@@ -437,7 +455,7 @@ class Builder:
         if self.max_pp < self.world and self.max_pp == self.spec["layers"]:
             self.notes.append(f"pipeline degrees capped at {self.max_pp} (one decoder layer per stage at least)")
         doc = {
-            "kind": "cost-model", "schema_version": "1.0",
+            "kind": "cost-model", "schema_version": CURRENT_VERSION["cost-model"],
             "producer": producer("galvatron-cost", __version__),
             "inputs": [{"kind": d["kind"], "sha256": digest(d), "producer": d["producer"]} for d in (self.hw, self.mp)],
             "model": self.spec,

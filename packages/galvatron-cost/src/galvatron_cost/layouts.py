@@ -1,7 +1,7 @@
 """Activation layouts inside a pipeline stage and the data each rank must receive to change layout.
 
-A layout (tp, tp_layout, sp) on a stage of S ranks puts local rank j at (tp_rank, dp_rank):
-consecutive: tp_rank = j % tp, dp_rank = j // tp; strided: tp_rank = j // dp, dp_rank = j % dp (dp = S / tp).
+A layout (tp, tp_layout, sp) on a stage of S ranks puts local rank j at (tp_rank, dp_rank) by the shared rank
+convention (galvatron_contracts.ranks: consecutive tp_rank = j % tp, dp_rank = j // tp; strided the transpose).
 dp_rank r holds samples [r/dp, (r+1)/dp) of the micro-batch (as fractions); with sp, tp_rank q holds sequence
 positions [q/tp, (q+1)/tp), otherwise the whole sequence (replicated over the tp group).
 
@@ -15,9 +15,13 @@ gradient), a split costs nothing forward and an all-gather of gradients backward
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
+
+from galvatron_contracts.names import layout_name
+from galvatron_contracts.ranks import local_coords, rank_groups
 
 from .comm import Topology
 
@@ -31,8 +35,8 @@ class Layout:
 
     @property
     def id(self) -> str:
-        """tp{tp}-{c|s}[-sp], e.g. tp1-c, tp2-s-sp."""
-        return f"tp{self.tp}-{self.tp_layout[0]}{'-sp' if self.sp else ''}"
+        """The shared layout name, e.g. 'tp1 dp8', 'tp2s+sp dp4' (galvatron_contracts.names)."""
+        return layout_name(self.tp, self.tp_layout, self.sp, self.dp)
 
 
 def enumerate_layouts(stage_ranks: int, max_tp: int, tp_allowed=lambda t: True) -> list[Layout]:
@@ -52,25 +56,24 @@ def enumerate_layouts(stage_ranks: int, max_tp: int, tp_allowed=lambda t: True) 
     return out
 
 
+@functools.cache
 def coords(S: int, lay: Layout) -> tuple[np.ndarray, np.ndarray]:
     """(tp_rank, dp_rank) of every local rank j."""
-    j = np.arange(S)
-    if lay.tp_layout == "consecutive" or lay.tp == 1 or lay.dp == 1:
-        return j % lay.tp, j // lay.tp
-    return j // lay.dp, j % lay.dp
+    tp_rank, dp_rank = zip(*(local_coords(j, S, lay.tp, lay.tp_layout) for j in range(S)), strict=True)
+    return _frozen(tp_rank), _frozen(dp_rank)
 
 
-def rank_of(lay: Layout, tp_rank, dp_rank):
-    if lay.tp_layout == "consecutive" or lay.tp == 1 or lay.dp == 1:
-        return dp_rank * lay.tp + tp_rank
-    return tp_rank * lay.dp + dp_rank
-
-
+@functools.cache
 def local_groups(S: int, lay: Layout, which: str) -> np.ndarray:
-    """Rows of local ranks: the tp groups (fixed dp_rank) or the dp groups (fixed tp_rank)."""
-    tp_rank, dp_rank = np.arange(lay.tp), np.arange(lay.dp)
-    grid = rank_of(lay, tp_rank[None, :], dp_rank[:, None])          # [dp_rank, tp_rank]
-    return grid if which == "tp" else grid.T
+    """Rows of local ranks: the tp groups ([dp_rank, tp_rank] -> j) or the dp groups ([tp_rank, dp_rank] -> j)."""
+    tp_groups, dp_groups = rank_groups(range(S), lay.tp, lay.tp_layout)
+    return _frozen(tp_groups if which == "tp" else dp_groups)
+
+
+def _frozen(values) -> np.ndarray:
+    out = np.array(values)
+    out.setflags(write=False)            # cached: shared by every caller
+    return out
 
 
 def group_stride(lay: Layout, which: str) -> int:
@@ -116,16 +119,14 @@ def gather_need(S: int, src: Layout, dst: Layout, offset: int, gpus_per_node: in
         n_q, q0 = s_seq // d_seq, d_q * (s_seq // d_seq)
     else:
         n_q, q0 = 1, d_q // (d_seq // s_seq)
+    grid = local_groups(S, src, "tp")                          # [dp_rank, tp_rank] -> local rank
     chosen = []
     for a in range(n_r):
         r = r0 + a
         for b in range(n_q):
             q = q0 + b
             own = (r == sd) & ((q == s_q) if src.sp else True)
-            if src.sp:
-                holders = [rank_of(src, q, r)]
-            else:
-                holders = [rank_of(src, np.full(S, t), r) for t in range(src.tp)]
+            holders = [grid[r, q]] if src.sp else [grid[r, t] for t in range(src.tp)]
             hn = np.stack([(offset + h) // gpus_per_node for h in holders])   # [replica, j]
             same = (hn == node[None, :]).any(axis=0)
             pick = np.where(same, node, hn[0])

@@ -104,10 +104,3 @@ def activation_per_sample(split: dict, tp: int, sp: bool, dp: int, gathered: flo
 def derive_split(split_tp1: dict, tp: int) -> dict:
     """A TP degree's split from tp=1: the divided part shrinks by tp, the replicated part stays whole."""
     return {"tp_divided": math.ceil(split_tp1["tp_divided"] / tp), "tp_replicated": split_tp1["tp_replicated"]}
-
-
-def in_flight_microbatches(stage: int, pp: int, micro_batches: int, schedule: str = "1f1b") -> int:
-    """Micro-batches whose activations stage `stage` (0-based) holds at its peak: 1F1B min(pp - stage, m); GPipe m."""
-    if schedule == "gpipe":
-        return micro_batches
-    return min(pp - stage, micro_batches)

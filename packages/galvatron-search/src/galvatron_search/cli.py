@@ -1,21 +1,28 @@
-"""Command line: `galvatron-search --memory GIB [COST_MODEL|-]` and `galvatron-search evaluate PLAN COST_MODEL`.
+"""Command line: `galvatron-search --memory GIB [COST_MODEL|-]` and `galvatron-search evaluate PLAN COST_MODEL`
+(``--help`` of each shows these examples).
 
-Exit codes: 0 ok; 2 usage; 3 invalid input document; 4 infeasible (no plan fits; a plan does not fit the cluster).
+    galvatron-search --memory 32 cost.json -o plan.json
+    galvatron-cost fit hw.json model.json | galvatron-search --memory 16 --global-batch 64 --explain -o plan.json
+    galvatron-search evaluate hand.json cost.json -o hand-predicted.json
+
+The plan goes to stdout or ``-o FILE`` (written atomically); the --explain tables, the closing summary line,
+warnings and errors go to stderr. Exit codes: 0 ok; 1 runtime failure; 2 usage; 3 invalid input document;
+4 infeasible (no plan fits; a plan does not fit the cluster).
 """
 from __future__ import annotations
 
-import sys
 import time
 
 import click
 
 from galvatron_contracts.documents import UsageError, exits_cleanly, read_one, write_document
+from galvatron_contracts.names import plan_summary
 
 from . import __version__
 from .costs import CostTables
 from .document import baselines, plan_document
 from .evaluate import evaluate_spec, plan_spec, predictions
-from .explain import explain
+from .explain import explain as explain_text
 from .planner import Options, require, run_search
 
 
@@ -31,7 +38,21 @@ class DefaultGroup(click.Group):
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="galvatron-search")
 def main():
-    """Find the fastest hybrid-parallel plan under a memory budget (default command: search)."""
+    """Find the fastest hybrid-parallel plan under a memory budget (default command: search).
+
+    Examples:
+
+    \b
+    The fastest plan under 32 GiB per GPU:
+        galvatron-search --memory 32 cost.json -o plan.json
+
+    \b
+    The predictions of any plan, hand-written ones too:
+        galvatron-search evaluate plan.json cost.json
+
+    The plan goes to stdout or -o FILE; --explain tables, the closing summary line, warnings and errors to stderr.
+    Exit codes: 0 ok, 1 runtime failure, 2 usage, 3 invalid input document, 4 infeasible.
+    """
 
 
 @main.command("search")
@@ -53,11 +74,26 @@ def main():
               help="Memory buckets per stage in the DP (quantisation, rounded up).")
 @click.option("--no-baselines", is_flag=True, help="Skip the baselines in the search record.")
 @click.option("--explain", is_flag=True, help="Print the baselines and the plan per stage on stderr.")
-@click.option("-o", "--output", default="-", help="Write the plan here (default stdout).")
+@click.option("-o", "--output", default="-", metavar="FILE", help="Write the plan to FILE (default: stdout).")
 @exits_cleanly
 def search_cmd(cost_model, memory, global_batch, min_global_batch, max_global_batch, max_tp, max_pp, no_recompute,
                dp_only, shardings, uniform, schedule, buckets, no_baselines, explain, output):
-    """Search the plan for COST_MODEL (a cost-model document; '-' reads stdin)."""
+    """Search the fastest plan for COST_MODEL (a cost-model document; '-' reads stdin) under --memory GiB per GPU.
+
+    Examples:
+
+    \b
+    The fastest plan under 32 GiB per GPU over a range of global batches:
+        galvatron-search --memory 32 cost.json -o plan.json
+
+    \b
+    Straight from galvatron-cost, a fixed global batch, the plan and the baselines per stage on stderr:
+        galvatron-cost fit hw.json model.json | galvatron-search --memory 16 --global-batch 64 --explain -o plan.json
+
+    \b
+    The Megatron-style baseline: one strategy for every layer, layers split evenly:
+        galvatron-search --memory 32 cost.json --uniform --schedule 1f1b -o uniform.json
+    """
     if not memory > 0:
         raise UsageError(f"--memory must be positive, got {memory}")
     cm = read_one(cost_model, "cost-model")
@@ -73,18 +109,31 @@ def search_cmd(cost_model, memory, global_batch, min_global_batch, max_global_ba
     base = None if no_baselines else baselines(tables, opts)
     doc = plan_document(tables, result.spec, opts, time.perf_counter() - t0, result.candidates, base)
     if explain:
-        explain_out(doc)
+        click.echo(explain_text(doc), err=True)
     write_document(doc, output)
+    done(doc, output, f"searched {result.candidates} candidates in {doc['search']['time_s']:.2f} s")
 
 
 @main.command("evaluate")
 @click.argument("plan")
 @click.argument("cost_model")
 @click.option("--explain", is_flag=True, help="Print the plan per stage on stderr.")
-@click.option("-o", "--output", default="-", help="Write the plan with its predictions here (default stdout).")
+@click.option("-o", "--output", default="-", metavar="FILE",
+              help="Write the plan with its predictions to FILE (default: stdout).")
 @exits_cleanly
 def evaluate_cmd(plan, cost_model, explain, output):
-    """Predictions for PLAN (any plan, hand-written too) under COST_MODEL; the plan is written back with them."""
+    """Predictions for PLAN (any plan, hand-written too) under COST_MODEL; the plan is written back with them.
+
+    Examples:
+
+    \b
+    A hand-written plan's predicted time and memory per stage, on stderr:
+        galvatron-search evaluate hand.json cost.json --explain -o hand-predicted.json
+
+    \b
+    A plan searched under another cost model (say, of another cluster's profile):
+        galvatron-search evaluate plan.json other-cost.json
+    """
     if plan == "-" and cost_model == "-":
         raise UsageError("only one of PLAN and COST_MODEL can be stdin")
     doc = read_one(plan, "plan")
@@ -94,9 +143,14 @@ def evaluate_cmd(plan, cost_model, explain, output):
     doc = dict(doc)
     doc["predictions"] = predictions(tables, spec, evaluate_spec(tables, spec))
     if explain:
-        explain_out(doc)
+        click.echo(explain_text(doc), err=True)
     write_document(doc, output)
+    done(doc, output, "evaluated")
 
 
-def explain_out(doc: dict) -> None:
-    print(explain(doc), file=sys.stderr)
+def done(plan: dict, output: str, what: str) -> None:
+    """The closing line on stderr: what was done, the plan in one line, its predicted throughput, where it went."""
+    pred = plan["predictions"]
+    click.echo(f"galvatron-search: {what}: {plan_summary(plan)}; predicted {pred['iteration_time_s']:.4g} s per "
+               f"iteration, {pred['samples_per_s']:.4g} samples/s -> {'stdout' if output == '-' else output}",
+               err=True)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from galvatron_contracts.ranks import canonical_layout
+
 SHARDINGS = ("ddp", "zero2", "zero3")
 KINDS = ("embedding", "decoder", "head")
 
@@ -87,11 +89,6 @@ class PipelineTable:
     strategy_index: dict[tuple, int] = field(default_factory=dict)  # (kind, layout, sharding, recompute) -> row
 
 
-def normal_layout(tp: int, tp_layout: str, stage_ranks: int) -> str:
-    """tp == 1 or tp == S has one layout; the convention writes it 'consecutive'."""
-    return "consecutive" if tp in (1, stage_ranks) else tp_layout
-
-
 class CostTables:
     """Every pipeline entry of a cost model as arrays, built once."""
 
@@ -147,7 +144,7 @@ class CostTables:
             tp=np.array([lay["tp"] for lay in layouts]), ldp=np.array([lay["dp"] for lay in layouts]),
             p2p=_lin([lay["p2p"] for lay in layouts], "fixed_s", "per_sample_s"), trf=trf, trb=trb)
         for i, lay in enumerate(layouts):
-            key = (lay["tp"], normal_layout(lay["tp"], lay["tp_layout"], S), bool(lay["sp"]), lay["dp"])
+            key = (lay["tp"], canonical_layout(lay["tp"], lay["tp_layout"], S), bool(lay["sp"]), lay["dp"])
             pipe.layout_index.setdefault(key, i)
         for kind in KINDS:
             rows = [s for s in entry["strategies"] if s["layer"] == kind]
@@ -230,8 +227,3 @@ def layer_memory(states, act, inflight: int):
 def units(mem, budget_units: int, avail: float):
     """Conservative quantisation: a layer's bytes in units of avail / budget_units, rounded up."""
     return np.ceil(np.asarray(mem, dtype=float) * budget_units / avail)
-
-
-def inflight(schedule: str, pp: int, stage: int, micro_batches: int) -> int:
-    """Micro-batches whose activations a stage holds at its peak (1F1B: min(p - i, m); GPipe: m)."""
-    return min(pp - stage, micro_batches) if schedule == "1f1b" else micro_batches

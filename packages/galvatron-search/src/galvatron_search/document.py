@@ -1,37 +1,30 @@
-"""Plan documents: the spec written out with ranks and groups (docs/CONVENTIONS), predictions, the search record."""
+"""Plan documents: the spec written out with ranks and groups (galvatron_contracts.ranks), predictions, the
+search record. Plans read in one line as galvatron_contracts.names.plan_summary."""
 from __future__ import annotations
 
 import dataclasses
 
-from galvatron_contracts.documents import digest, producer
+from galvatron_contracts.documents import CURRENT_VERSION, digest, producer
+from galvatron_contracts.names import plan_summary
+from galvatron_contracts.ranks import rank_groups, stage_ranks
 
 from . import __version__
 from .costs import CostTables
 from .evaluate import Spec, evaluate_spec, predictions, strategy_dict
 from .planner import INF, Options, global_batches, uniform_best
 
-
-def groups(tp: int, tp_layout: str, S: int, base: int) -> tuple[list[list[int]], list[list[int]]]:
-    """tp and dp groups (global ranks) of a stage starting at `base` with S ranks."""
-    dp = S // tp
-    if tp_layout == "consecutive":
-        tp_groups = [[base + r * tp + t for t in range(tp)] for r in range(dp)]
-        dp_groups = [[base + r * tp + t for r in range(dp)] for t in range(tp)]
-    else:
-        tp_groups = [[base + t * dp + r for t in range(tp)] for r in range(dp)]
-        dp_groups = [[base + t * dp + r for r in range(dp)] for t in range(tp)]
-    return tp_groups, dp_groups
+summary = plan_summary          # the name integration_tests/bench/search_bench.py imports from here
 
 
 def plan_body(tables: CostTables, spec: Spec) -> dict:
     cm = tables.doc
     pipe = tables.pipeline(spec.pp)
-    S = pipe.stage_ranks
     layers = [strategy_dict(pipe, "decoder", r) for r in spec.dec]
     emb = strategy_dict(pipe, "embedding", spec.emb)
     head = strategy_dict(pipe, "head", spec.head)
     stages = []
     for k in range(spec.pp):
+        ranks = stage_ranks(tables.world, spec.pp, k)
         used = layers[spec.bounds[k]:spec.bounds[k + 1]] + ([emb] if k == 0 else [])
         used += [head] if k == spec.pp - 1 else []
         seen, lays = set(), []
@@ -40,14 +33,14 @@ def plan_body(tables: CostTables, spec: Spec) -> dict:
             if key in seen:
                 continue
             seen.add(key)
-            tg, dg = groups(s["tp"], s["tp_layout"], S, k * S)
-            lays.append({"tp": s["tp"], "tp_layout": s["tp_layout"], "dp": S // s["tp"], "tp_groups": tg,
+            tg, dg = rank_groups(ranks, s["tp"], s["tp_layout"])
+            lays.append({"tp": s["tp"], "tp_layout": s["tp_layout"], "dp": len(ranks) // s["tp"], "tp_groups": tg,
                          "dp_groups": dg})
-        stages.append({"index": k, "ranks": list(range(k * S, (k + 1) * S)), "layer_start": spec.bounds[k],
+        stages.append({"index": k, "ranks": ranks, "layer_start": spec.bounds[k],
                        "layer_end": spec.bounds[k + 1], "layouts": lays})
     cluster = {key: cm["cluster"][key] for key in ("nodes", "gpus_per_node", "world_size", "device", "backend")}
     return {
-        "kind": "plan", "schema_version": "1.0",
+        "kind": "plan", "schema_version": CURRENT_VERSION["plan"],
         "producer": producer("galvatron-search", __version__),
         "model": cm["model"], "cluster": cluster,
         "training": {"seq_len": cm["training"]["seq_len"], "dtype": cm["training"]["dtype"],
@@ -55,42 +48,6 @@ def plan_body(tables: CostTables, spec: Spec) -> dict:
         "global_batch": spec.b * spec.m, "micro_batch_size": spec.b, "micro_batches": spec.m,
         "schedule": spec.schedule, "stages": stages, "layers": layers, "embedding": emb, "head": head,
     }
-
-
-def summary(doc_or_spec, tables: CostTables | None = None) -> str:
-    """One line: pp, strategies (run-length), micro-batching, schedule."""
-    if isinstance(doc_or_spec, Spec):
-        pipe = tables.pipeline(doc_or_spec.pp)
-        layers = [strategy_dict(pipe, "decoder", r) for r in doc_or_spec.dec]
-        pp, b, m, sched = doc_or_spec.pp, doc_or_spec.b, doc_or_spec.m, doc_or_spec.schedule
-        sizes = [doc_or_spec.bounds[i + 1] - doc_or_spec.bounds[i] for i in range(pp)]
-    else:
-        layers, pp = doc_or_spec["layers"], len(doc_or_spec["stages"])
-        b, m, sched = doc_or_spec["micro_batch_size"], doc_or_spec["micro_batches"], doc_or_spec["schedule"]
-        sizes = [s["layer_end"] - s["layer_start"] for s in doc_or_spec["stages"]]
-    runs = []
-    for s in layers:
-        name = strategy_name(s)
-        if runs and runs[-1][0] == name:
-            runs[-1][1] += 1
-        else:
-            runs.append([name, 1])
-    strat = ", ".join(f"{n}x {name}" for name, n in runs)
-    return f"pp={pp} layers/stage={'/'.join(map(str, sizes))} [{strat}] b={b} m={m} {sched}"
-
-
-def strategy_name(s: dict) -> str:
-    out = f"tp{s['tp']}"
-    if s["tp"] > 1 and s["tp"] != s["tp"] * s["dp"]:
-        out += "c" if s["tp_layout"] == "consecutive" else "s"
-    if s.get("sp"):
-        out += "+sp"
-    out += f" dp{s['dp']}"
-    if s["dp"] > 1:
-        out += f" {s['dp_sharding']}"
-    if s["recompute"]:
-        out += " rc"
-    return out
 
 
 BASELINES = [
@@ -125,7 +82,7 @@ def baselines(tables: CostTables, opts: Options) -> list[dict]:
                        samples_per_s=spec.b * spec.m / res["iteration_time_s"],
                        global_batch=spec.b * spec.m,
                        memory_bytes_per_rank=max(s["total"] for s in res["stages"]),
-                       summary=summary(spec, tables))
+                       summary=plan_summary(plan_body(tables, spec)))
             rec["_spec"] = spec
         else:
             rec.update(iteration_time_s=None, samples_per_s=None, global_batch=None, memory_bytes_per_rank=None)

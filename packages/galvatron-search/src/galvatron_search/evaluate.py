@@ -26,8 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .costs import SHARDINGS, CostTables, inflight, layer_memory, normal_layout, units
-from .errors import DocumentError, InfeasibleError
+from galvatron_contracts.pipeline import in_flight
+from galvatron_contracts.plan import Plan, Strategy, check_world
+from galvatron_contracts.ranks import canonical_layout
+
+from .costs import SHARDINGS, CostTables, layer_memory, units
+from .errors import InfeasibleError
 
 
 @dataclass
@@ -65,7 +69,7 @@ def evaluate_spec(tables: CostTables, spec: Spec, budget: float | None = None, b
         stages.append(dict(index=i, compute_fwd=0.0, compute_bwd=0.0, comm=0.0, exposed=0.0, transitions=0.0,
                            p2p=0.0, f=0.0, g=0.0, sync=0.0, opt=tables.optim_fixed, params=0.0, grads=0.0,
                            optim=0.0, act=0.0, ws=0.0, units=0.0, layouts=[],
-                           inflight=inflight(spec.schedule, p, i, m), last_layout=None))
+                           inflight=in_flight(spec.schedule, i, p, m), last_layout=None))
     prev_layout = None
     for kind, row, i in chain:
         st = stages[i]
@@ -151,81 +155,51 @@ def predictions(tables: CostTables, spec: Spec, result: dict) -> dict:
 
 # --- a plan document -> Spec -----------------------------------------------------------------------------------
 
-def _strategy_row(pipe, kind: str, s: dict, where: str) -> int:
-    S = pipe.stage_ranks
-    if s["tp"] * s["dp"] != S:
-        raise InfeasibleError(f"{where}: tp {s['tp']} x dp {s['dp']} != {S} ranks per stage (pp={pipe.pp})")
-    key = (s["tp"], normal_layout(s["tp"], s["tp_layout"], S), bool(s["sp"]), s["dp"])
+def _strategy_row(pipe, kind: str, s: Strategy, where: str) -> int:
+    key = (s.tp, canonical_layout(s.tp, s.tp_layout, pipe.stage_ranks), s.sp, s.dp)
     lay = pipe.layout_index.get(key)
     if lay is None:
-        raise InfeasibleError(f"{where}: the cost model has no layout tp={s['tp']} {key[1]} sp={s['sp']} "
-                              f"dp={s['dp']} for pp={pipe.pp}")
-    row = pipe.strategy_index.get((kind, lay, s["dp_sharding"], bool(s["recompute"])))
+        raise InfeasibleError(f"{where}: the cost model has no layout tp={s.tp} {key[1]} sp={s.sp} dp={s.dp} "
+                              f"for pp={pipe.pp}")
+    row = pipe.strategy_index.get((kind, lay, s.dp_sharding, s.recompute))
     if row is None:
         raise InfeasibleError(f"{where}: the cost model has no {kind} strategy with layout "
-                              f"{pipe.layouts[lay]['id']}, {s['dp_sharding']}, recompute={s['recompute']}")
+                              f"{pipe.layouts[lay]['id']}, {s.dp_sharding}, recompute={s.recompute}")
     return row
 
 
 def plan_spec(plan: dict, tables: CostTables, source: str = "plan") -> Spec:
-    """Check that a plan fits the cost model's cluster and model (InfeasibleError, exit 4) and map it."""
+    """Map a plan onto the cost model's strategy rows.
+
+    The plan's own faults are galvatron_contracts.plan's (DocumentError, exit 3); a plan for another cluster, model
+    or sequence length than the cost model's, or one using what the cost model does not price, is InfeasibleError
+    (exit 4)."""
+    typed = Plan.parse(plan, source)
     cm = tables.doc
-    for key in ("nodes", "gpus_per_node", "world_size"):
-        if plan["cluster"][key] != cm["cluster"][key]:
-            raise InfeasibleError(f"{source}: $.cluster.{key} is {plan['cluster'][key]}, the cost model's cluster "
+    check_world(typed, cm["cluster"]["world_size"], source, world="the cost model's cluster")
+    for key in ("nodes", "gpus_per_node"):
+        if getattr(typed, key) != cm["cluster"][key]:
+            raise InfeasibleError(f"{source}: $.cluster.{key} is {getattr(typed, key)}, the cost model's cluster "
                                   f"has {cm['cluster'][key]}")
     for key in ("layers", "hidden", "vocab_size"):
-        if plan["model"][key] != cm["model"][key]:
-            raise InfeasibleError(f"{source}: $.model.{key} is {plan['model'][key]}, the cost model's model has "
+        if typed.model[key] != cm["model"][key]:
+            raise InfeasibleError(f"{source}: $.model.{key} is {typed.model[key]}, the cost model's model has "
                                   f"{cm['model'][key]}")
-    if plan["training"]["seq_len"] != cm["training"]["seq_len"]:
-        raise InfeasibleError(f"{source}: $.training.seq_len {plan['training']['seq_len']} differs from the cost "
+    if typed.seq_len != cm["training"]["seq_len"]:
+        raise InfeasibleError(f"{source}: $.training.seq_len {typed.seq_len} differs from the cost "
                               f"model's {cm['training']['seq_len']}")
-    pp = len(plan["stages"])
-    if pp not in tables.pipes:
-        raise InfeasibleError(f"{source}: pipeline degree {pp} is not in the cost model "
+    if typed.pp not in tables.pipes:
+        raise InfeasibleError(f"{source}: pipeline degree {typed.pp} is not in the cost model "
                               f"(it has {sorted(tables.pipes)})")
-    pipe = tables.pipeline(pp)
-    S = pipe.stage_ranks
-    L = tables.layers
-    if len(plan["layers"]) != L:
-        raise InfeasibleError(f"{source}: $.layers has {len(plan['layers'])} strategies, the model {L} layers")
-    bounds = [0]
-    for k, st in enumerate(plan["stages"]):
-        where = f"{source}: $.stages[{k}]"
-        if st["index"] != k:
-            raise DocumentError(source, f"$.stages[{k}].index: expected {k}, got {st['index']}")
-        if st["ranks"] != list(range(k * S, (k + 1) * S)):
-            raise InfeasibleError(f"{where}.ranks: expected global ranks {k * S}..{(k + 1) * S - 1} "
-                                  f"(stage k holds [k*S, (k+1)*S), S = {S})")
-        if st["layer_start"] != bounds[-1] or st["layer_end"] < st["layer_start"]:
-            raise InfeasibleError(f"{where}: layers {st['layer_start']}..{st['layer_end']} do not continue "
-                                  f"at layer {bounds[-1]}")
-        if st["layer_end"] == st["layer_start"] and 0 < k < pp - 1:
-            raise InfeasibleError(f"{where}: a middle stage without decoder layers")
-        bounds.append(st["layer_end"])
-    if bounds[-1] != L:
-        raise InfeasibleError(f"{source}: the stages cover layers 0..{bounds[-1]}, the model has {L}")
-    dec = [_strategy_row(pipe, "decoder", s, f"{source}: $.layers[{j}]") for j, s in enumerate(plan["layers"])]
-    emb = _strategy_row(pipe, "embedding", plan["embedding"], f"{source}: $.embedding")
-    head = _strategy_row(pipe, "head", plan["head"], f"{source}: $.head")
-    b, m, B = plan["micro_batch_size"], plan["micro_batches"], plan["global_batch"]
-    if b * m != B:
-        raise InfeasibleError(f"{source}: micro_batch_size {b} x micro_batches {m} != global_batch {B}")
-    for where, s in [("embedding", plan["embedding"]), ("head", plan["head"])] + \
-            [(f"layers[{j}]", s) for j, s in enumerate(plan["layers"])]:
-        if b % s["dp"]:
-            raise InfeasibleError(f"{source}: $.{where}: micro_batch_size {b} is not divisible by dp {s['dp']}")
-    if plan["schedule"] == "1f1b" and m < pp:
-        raise InfeasibleError(f"{source}: 1F1B needs micro_batches >= stages ({m} < {pp})")
-    if tables.tied and pp == 1:
-        e, h = plan["embedding"], plan["head"]
-        ke = (e["tp"], normal_layout(e["tp"], e["tp_layout"], S), e["sp"], e["dp_sharding"])
-        kh = (h["tp"], normal_layout(h["tp"], h["tp_layout"], S), h["sp"], h["dp_sharding"])
-        if ke != kh:
-            raise InfeasibleError(f"{source}: tied embeddings with one stage: the head must have the "
-                                  f"embedding's tp, tp_layout and dp_sharding")
-    return Spec(pp=pp, b=b, m=m, schedule=plan["schedule"], bounds=bounds, dec=dec, emb=emb, head=head)
+    pipe = tables.pipeline(typed.pp)
+    for st in typed.stages[1:-1]:
+        if not st.layers:
+            raise InfeasibleError(f"{source}: $.stages[{st.index}]: a middle stage without decoder layers")
+    dec = [_strategy_row(pipe, "decoder", s, f"{source}: $.layers[{j}]") for j, s in enumerate(typed.layers)]
+    emb = _strategy_row(pipe, "embedding", typed.embedding, f"{source}: $.embedding")
+    head = _strategy_row(pipe, "head", typed.head, f"{source}: $.head")
+    return Spec(pp=typed.pp, b=typed.micro_batch_size, m=typed.micro_batches, schedule=typed.schedule,
+                bounds=[0] + [st.layer_end for st in typed.stages], dec=dec, emb=emb, head=head)
 
 
 def evaluate(plan: dict, cost_model: dict | CostTables, source: str = "plan") -> dict:
@@ -238,6 +212,6 @@ def evaluate(plan: dict, cost_model: dict | CostTables, source: str = "plan") ->
 def strategy_dict(pipe, kind: str, row: int) -> dict:
     k = pipe.kinds[kind]
     lay = pipe.layouts[int(k.layout[row])]
-    return {"tp": int(lay["tp"]), "tp_layout": normal_layout(lay["tp"], lay["tp_layout"], pipe.stage_ranks),
+    return {"tp": int(lay["tp"]), "tp_layout": canonical_layout(lay["tp"], lay["tp_layout"], pipe.stage_ranks),
             "sp": bool(lay["sp"]), "dp": int(lay["dp"]), "dp_sharding": SHARDINGS[int(k.sharding[row])],
             "recompute": bool(k.recompute[row])}

@@ -1,7 +1,7 @@
 """`--explain`: the baselines beside the plan, and the plan per stage, as plain-text tables."""
 from __future__ import annotations
 
-from .document import strategy_name, summary
+from galvatron_contracts.names import plan_summary, runs, strategy_name
 
 GIB = 2 ** 30
 
@@ -25,7 +25,7 @@ def explain(doc: dict) -> str:
     unit, uname = _unit(doc)
     out = []
     if pred:
-        out.append(f"plan: {summary(doc)}")
+        out.append(f"plan: {plan_summary(doc)}")
         out.append(f"predicted: {pred['iteration_time_s']:.4f} s/iteration, {pred['samples_per_s']:.2f} samples/s, "
                    f"{pred['tokens_per_s']:.0f} tokens/s")
     search = doc.get("search")
@@ -47,14 +47,7 @@ def explain(doc: dict) -> str:
     rows = [["stage", "ranks", "layers", "strategies", "fwd ms", "bwd ms", f"{uname}/rank", "states", "acts",
              "workspace"]]
     for k, st in enumerate(doc["stages"]):
-        names = []
-        for s in doc["layers"][st["layer_start"]:st["layer_end"]]:
-            n = strategy_name(s)
-            if names and names[-1][0] == n:
-                names[-1][1] += 1
-            else:
-                names.append([n, 1])
-        strat = ", ".join(f"{c}x {n}" for n, c in names)
+        strat = runs([strategy_name(s) for s in doc["layers"][st["layer_start"]:st["layer_end"]]])
         if k == 0:
             strat = f"emb {strategy_name(doc['embedding'])}; " + strat
         if k == len(doc["stages"]) - 1:

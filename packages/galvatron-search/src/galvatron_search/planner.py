@@ -26,13 +26,16 @@ workspace caps, E entry layouts, n_i <= layers a stage can hold under the bound.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .costs import SHARDINGS, CostTables, inflight, layer_memory, lin, units
+from galvatron_contracts.pipeline import even_split, in_flight
+
+from .costs import SHARDINGS, CostTables, layer_memory, lin, units
 from .errors import GalvatronError, InfeasibleError, UsageError
 from .evaluate import Spec, evaluate_spec
 
@@ -232,7 +235,7 @@ def stage_dp(sub: Sub, i: int, schedule: str, budget: float, overhead: float, U:
     """Least cost of stage i for every decoder count n <= n_max (see the module docstring)."""
     p = sub.p
     last = i == p - 1
-    a = inflight(schedule, p, i, sub.m)
+    a = in_flight(schedule, i, p, sub.m)
     avail = budget - overhead
     if avail <= 0:
         return None
@@ -421,7 +424,7 @@ def memory_bound(sub: Sub, schedule: str, avail: float, U: int) -> float:
     p, L = sub.p, sub.L
     if avail <= 0:
         return INF
-    a_min = 1 if schedule == "1f1b" else sub.m
+    a_min = in_flight(schedule, p - 1, p, sub.m)                # the last stage holds the fewest
     du, dw = _units(sub.dec, a_min, avail, U)
     eu, _ = _units(sub.emb, a_min, avail, U)
     hu, _ = _units(sub.head, a_min, avail, U)
@@ -458,7 +461,7 @@ def solve_sub(tables: CostTables, sub: Sub, schedule: str, budget: float, U: int
     keys = {}
 
     def run_of(i):
-        key = (inflight(schedule, p, i, sub.m), i == 0, i == p - 1)
+        key = (in_flight(schedule, i, p, sub.m), i == 0, i == p - 1)
         if key not in keys:
             nl = n_limit(i)
             keys[key] = None if nl < 1 else stage_dp(sub, i, schedule, budget, ov, U, nl, bound=bound)
@@ -556,16 +559,6 @@ def reconstruct(tables: CostTables, sub: Sub, schedule: str, budget: float, U: i
 
 # --- uniform plans (baselines, --uniform, the first incumbent) --------------------------------------------------
 
-def even_bounds(L: int, p: int) -> list[int]:
-    """Layers split as evenly as possible; the extra layers go to the later stages (fewer in-flight micro-batches)."""
-    base, extra = divmod(L, p)
-    sizes = [base + (1 if i >= p - extra else 0) for i in range(p)]
-    out = [0]
-    for s in sizes:
-        out.append(out[-1] + s)
-    return out
-
-
 def uniform_best(tables: CostTables, opts: Options, B: int, budget: float):
     """Best plan with one strategy for every decoder layer, embedding and head in its layout and sharding, and
     an even layer split (Megatron-style), by enumeration vectorised over strategies."""
@@ -577,7 +570,7 @@ def uniform_best(tables: CostTables, opts: Options, B: int, budget: float):
         if p > L or (opts.max_pp is not None and p > opts.max_pp) or (opts.pp is not None and p not in opts.pp):
             continue
         pipe = tables.pipeline(p)
-        bounds = even_bounds(L, p)
+        bounds = [0, *itertools.accumulate(even_split(L, p))]
         for b in [d for d in range(1, B + 1) if B % d == 0]:
             m = B // b
             ok = allowed(tables, pipe, "decoder", opts, b)
@@ -639,7 +632,7 @@ def _uniform_eval(tables, pipe, p, b, m, sched, bounds, rows, er, hr, budget, U)
     fits = np.ones(len(rows), dtype=bool)
     for i in range(p):
         n = bounds[i + 1] - bounds[i]
-        a = inflight(sched, p, i, m)
+        a = in_flight(sched, i, p, m)
         t = n * d.t[rows]
         x = n * (d.sync[rows] + d.opt[rows])
         ws = d.ws[rows].copy()
