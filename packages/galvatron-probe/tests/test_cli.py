@@ -67,8 +67,21 @@ def test_compute_from_a_hugging_face_config(tmp_path):
     exit_code, output = cli("summary", str(out))
     assert exit_code == 0, output
     assert output.count("decoder ") == 2 and f"model-profile: {tmp_path.name} (gpt2" in output
+    tables = tmp_path / "tables.txt"
+    assert cli("summary", str(out), "-o", str(tables)) == (0, "")
+    assert tables.read_text() == output
     exit_code, output = cli("summary", str(tmp_path / "missing.json"))
     assert exit_code == 3 and "no such file" in output
+
+
+@pytest.mark.parametrize("command", [[], ["bandwidth"], ["compute"], ["summary"]])
+def test_every_help_shows_its_examples_line_by_line(command):
+    exit_code, output = cli(*command, "--help")
+    assert exit_code == 0, output
+    examples = output.split("Examples:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert len(examples) >= 3
+    starts = ("    galvatron-probe ", "    torchrun ", "    { galvatron-probe ")   # \b: never rewrapped
+    assert all(line.startswith(starts) for line in examples), examples
 
 
 def test_bandwidth_command_on_two_ranks_writes_one_document(tmp_path):

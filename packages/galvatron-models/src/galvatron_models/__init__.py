@@ -17,7 +17,9 @@ from .decoder import (
     init_parameters,
     initial_value,
 )
+from .loss import vocab_parallel_ce_sum
+from .sharding import sp_partial_params, tp_plan
 
 __all__ = ["MLP", "Attention", "Block", "Decoder", "Embedding", "Head", "RMSNorm", "ce_loss_sum",
-           "init_parameters", "initial_value"]
+           "init_parameters", "initial_value", "sp_partial_params", "tp_plan", "vocab_parallel_ce_sum"]
 __version__ = "0.1.0"

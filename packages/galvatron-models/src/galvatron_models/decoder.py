@@ -1,19 +1,30 @@
 """GPT-2-style and LLaMA-style decoders from a model spec, with plan-independent parameter names.
 
 Names: ``embedding.tok.weight`` (+ ``embedding.pos.weight`` for gpt2), ``layers.<global index>.{norm1,attn.{q,k,v,o},
-norm2,mlp.{fc,proj | gate,up,down}}.*``, ``head.{norm,out}.*``. Tied embeddings: ``head.out.weight`` is a copy
-of ``embedding.tok.weight``, initialised equal; the runtime sums the two gradients every iteration, so they stay
-equal (the single-process reference ties them for real).
+norm2,mlp.{fc,proj | gate,up,down}}.*``, ``head.{norm,out}.*``.
+
+Tied embeddings: at pp = 1 the head uses the embedding's weight (``Decoder(..., tie=True)`` holding the first and
+the last layer: one parameter). At pp > 1 the last stage's ``head.out.weight`` is a copy of the first stage's
+``embedding.tok.weight``, initialised equal (``initial_value`` gives both names the same value); the runtime sums
+the two gradients each iteration, so the copies stay equal.
+
+Tensor-parallel shards: ``tp=t`` on Attention, MLP, Block, Embedding and Head builds the local shard one rank of a
+tp-t group holds, the local shapes DTensor's column/row-parallel sharding gives the full module: heads/t query
+heads and kv_heads/t key/value heads of the same head_dim, ffn_hidden/t MLP columns, vocab_size/t vocabulary rows;
+norms, row-parallel biases and position embeddings whole. It computes that rank's part without the collectives
+(galvatron-probe times these). ``tp`` may be a Fraction: t/2 holds twice the split widths of a degree-t shard.
 
 Initialisation is a pure function of (seed, parameter name), so every plan starts from the same model:
 
     model = Decoder(load_model_spec("tiny-gpt"), range(4), first=True, last=True)
     init_parameters(model, seed=1234)
+    shard = Block(load_model_spec("tiny-llama"), tp=2)   # 2 of 4 query heads, 1 of 2 kv heads, 88 of 176 columns
 """
 from __future__ import annotations
 
 import math
 import zlib
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +41,14 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         y = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
         return y.type_as(x) * self.weight
+
+
+def split(width: int, tp: int | Fraction, name: str) -> int:
+    """One rank's share ``width / tp`` of a width split over a tensor-parallel degree ``tp``."""
+    share = Fraction(width) / tp
+    if share.denominator != 1 or share < 1:
+        raise ValueError(f"tp {tp} does not divide {name} ({width})")
+    return int(share)
 
 
 def norm(spec: dict) -> nn.Module:
@@ -59,14 +78,15 @@ def apply_rope(x, cos, sin):
 class Attention(nn.Module):
     """Causal self-attention with separate q/k/v projections (so column-parallel shards split whole heads)."""
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, tp: int | Fraction = 1):
         super().__init__()
         h, self.hd = spec["hidden"], spec["hidden"] // spec["heads"]
+        heads, kv_heads = split(spec["heads"], tp, "heads"), split(spec["kv_heads"], tp, "kv_heads")
         bias = spec["family"] == "gpt2"
-        self.q = nn.Linear(h, spec["heads"] * self.hd, bias=bias)
-        self.k = nn.Linear(h, spec["kv_heads"] * self.hd, bias=bias)
-        self.v = nn.Linear(h, spec["kv_heads"] * self.hd, bias=bias)
-        self.o = nn.Linear(spec["heads"] * self.hd, h, bias=bias)
+        self.q = nn.Linear(h, heads * self.hd, bias=bias)
+        self.k = nn.Linear(h, kv_heads * self.hd, bias=bias)
+        self.v = nn.Linear(h, kv_heads * self.hd, bias=bias)
+        self.o = nn.Linear(heads * self.hd, h, bias=bias)
         self.theta = spec.get("rope_theta", 10000.0) if spec["family"] == "llama" else None
 
     def forward(self, x):
@@ -86,9 +106,9 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, tp: int | Fraction = 1):
         super().__init__()
-        h, f = spec["hidden"], spec["ffn_hidden"]
+        h, f = spec["hidden"], split(spec["ffn_hidden"], tp, "ffn_hidden")
         self.gpt2 = spec["family"] == "gpt2"
         if self.gpt2:
             self.fc, self.proj = nn.Linear(h, f), nn.Linear(f, h)
@@ -105,9 +125,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm decoder block; ``recompute`` re-runs its forward in backward (torch.utils.checkpoint)."""
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, tp: int | Fraction = 1):
         super().__init__()
-        self.norm1, self.attn, self.norm2, self.mlp = norm(spec), Attention(spec), norm(spec), MLP(spec)
+        self.norm1, self.attn, self.norm2, self.mlp = norm(spec), Attention(spec, tp), norm(spec), MLP(spec, tp)
         self.recompute = False
 
     def _forward(self, x):
@@ -123,9 +143,9 @@ class Block(nn.Module):
 class Embedding(nn.Module):
     """Token (+ learned position) embedding. ``seq_offset``: the first position this rank holds (sequence parallel)."""
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, tp: int | Fraction = 1):
         super().__init__()
-        self.tok = nn.Embedding(spec["vocab_size"], spec["hidden"])
+        self.tok = nn.Embedding(split(spec["vocab_size"], tp, "vocab_size"), spec["hidden"])
         self.pos = nn.Embedding(spec["max_seq_len"], spec["hidden"]) if spec["family"] == "gpt2" else None
         self.seq_offset = 0
 
@@ -139,10 +159,10 @@ class Embedding(nn.Module):
 class Head(nn.Module):
     """Final norm and LM head; returns logits (a vocabulary shard under tensor parallelism)."""
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, tp: int | Fraction = 1):
         super().__init__()
         self.norm = norm(spec)
-        self.out = nn.Linear(spec["hidden"], spec["vocab_size"], bias=False)
+        self.out = nn.Linear(spec["hidden"], split(spec["vocab_size"], tp, "vocab_size"), bias=False)
 
     def forward(self, x):
         return self.out(self.norm(x))

@@ -18,7 +18,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from galvatron_contracts.documents import GalvatronError, UsageError, producer
+from galvatron_contracts.devices import cpu_name, peak_tflops
+from galvatron_contracts.documents import CURRENT_VERSION, GalvatronError, UsageError, producer
 
 from . import __version__
 from .groups import (
@@ -378,35 +379,14 @@ def measure_overlap(d, sweep: Sweep, timer: Timer, quick: bool) -> dict:
 
 
 def device_info(device) -> dict:
-    import platform
-
+    """The schema's device object; the peak is the device's dense 16-bit one (galvatron_contracts.devices)."""
     import torch
 
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return {"type": "cuda", "name": props.name, "memory_bytes": int(props.total_memory),
-                "peak_tflops": peak_tflops(props.name)}
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"type": "cpu", "name": name or "cpu", "peak_tflops": None}
-
-
-# Dense bf16 tensor-core peak (vendor datasheets); unknown devices get null.
-_PEAKS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
-
-
-def peak_tflops(name: str) -> float | None:
-    for key, value in _PEAKS.items():
-        if key in name:
-            return value
-    return None
+                "peak_tflops": peak_tflops(props.name, "bf16")}
+    return {"type": "cpu", "name": cpu_name(), "peak_tflops": None}
 
 
 def bandwidth_worker(opts: BandwidthOptions) -> dict | None:
@@ -431,7 +411,7 @@ def bandwidth_worker(opts: BandwidthOptions) -> dict | None:
     if not d.is_main:
         return None
     return {
-        "kind": "hardware-profile", "schema_version": "1.0",
+        "kind": "hardware-profile", "schema_version": CURRENT_VERSION["hardware-profile"],
         "producer": producer("galvatron-probe", __version__),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cluster": {"nodes": d.world // sweep.ranks_per_node, "gpus_per_node": sweep.ranks_per_node,

@@ -3,8 +3,11 @@
     galvatron-probe bandwidth --nproc 4 [--quick] [-o hw.json]
     torchrun --nproc-per-node 8 -m galvatron_probe bandwidth -o hw.json
     galvatron-probe compute --model tiny-llama --tp 1,2 --micro-batch-sizes 1,2,4 [--nproc 2] [-o model.json]
+    galvatron-probe summary hw.json model.json [-o tables.txt]
 
-Documents go to stdout or ``-o FILE`` (written atomically by rank 0 only); progress and errors go to stderr.
+Every command writes its result to stdout or ``-o FILE`` (atomically; under torchrun by rank 0 only) and nothing
+else to stdout. stderr carries the rest, one line each: ``error: ...`` (then the exit code), ``warning: ...``, and
+rank 0's progress ``<command> [####......] done/total elapsed what`` (``--no-progress`` silences it).
 Exit codes: 0 ok, 1 runtime failure, 2 impossible request, 3 invalid input document (a bad config.json).
 """
 from __future__ import annotations
@@ -15,7 +18,13 @@ from pathlib import Path
 
 import click
 
-from galvatron_contracts.documents import GalvatronError, UsageError, exits_cleanly, write_document
+from galvatron_contracts.documents import (
+    GalvatronError,
+    UsageError,
+    atomic_write_text,
+    exits_cleanly,
+    write_document,
+)
 
 from . import __version__
 
@@ -68,13 +77,22 @@ def _check_output(output: str) -> None:
         raise UsageError(f"-o {output}: {parent} is not writable")
 
 
-def _write(doc: dict | None, output: str) -> None:
-    if doc is None:  # not rank 0
+def _write(result: dict | str | None, output: str) -> None:
+    """A document (validated) or text to stdout or ``output``; None (not rank 0) writes nothing."""
+    if result is None:
         return
     try:
-        write_document(doc, output)
+        if isinstance(result, dict):
+            write_document(result, output)
+        elif output == "-":
+            click.echo(result)
+        else:
+            atomic_write_text(output, result + "\n")
     except OSError as e:
-        raise GalvatronError(f"-o {output}: cannot write the document ({e})") from None
+        raise GalvatronError(f"-o {output}: cannot write the result ({e})") from None
+
+
+_OUTPUT = click.option("-o", "--output", default="-", show_default=True, help="Output file ('-': stdout).")
 
 
 def _common(fn):
@@ -87,7 +105,7 @@ def _common(fn):
         click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=60.0, show_default=True,
                      help="Process-group timeout in seconds: a stuck collective fails after this long."),
         click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (rank 0)."),
-        click.option("-o", "--output", default="-", show_default=True, help="Output file ('-': stdout)."),
+        _OUTPUT,
     ]):
         fn = opt(fn)
     return fn
@@ -96,7 +114,18 @@ def _common(fn):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="galvatron-probe")
 def main():
-    """Measure a cluster's collectives (bandwidth) and a model's per-layer time and memory (compute)."""
+    """Measure a cluster's collectives (bandwidth) and a model's per-layer time and memory (compute).
+
+    \b
+    Examples:
+      galvatron-probe bandwidth --nproc 4 -o hw.json
+      galvatron-probe compute --model tiny-llama --nproc 2 -o model.json
+      galvatron-probe summary hw.json model.json
+      { galvatron-probe bandwidth --nproc 4; galvatron-probe compute --model mini-gpt; } | galvatron-cost fit
+
+    Results go to stdout or -o FILE; progress, warnings and errors to stderr. Exit codes: 0 ok, 1 runtime failure,
+    2 impossible request, 3 invalid input document.
+    """
 
 
 @main.command()
@@ -115,7 +144,15 @@ def main():
 @exits_cleanly
 def bandwidth(nproc, backend, quick, no_overlap, min_bytes, max_bytes, group_sizes, ranks_per_node, dtype, warmup,
               repeats, timeout_s, progress, output):
-    """Collectives, p2p and overlap of the launched world -> a hardware-profile document."""
+    """Collectives, p2p and overlap of the launched world -> a hardware-profile document.
+
+    \b
+    Examples:
+      galvatron-probe bandwidth --nproc 4 -o hw.json          # 4 local ranks
+      galvatron-probe bandwidth --nproc 2 --quick             # reduced sweep, to stdout
+      galvatron-probe bandwidth --nproc 8 --gpus-per-node 4 --group-sizes 2,4 --max-bytes 64MiB
+      torchrun --nnodes 2 --nproc-per-node 8 ... -m galvatron_probe bandwidth -o hw.json
+    """
     from .api import probe_bandwidth
 
     _check_output(output)
@@ -137,7 +174,15 @@ def bandwidth(nproc, backend, quick, no_overlap, min_bytes, max_bytes, group_siz
 @exits_cleanly
 def compute(model, seq_lens, micro_batch_sizes, tp_degrees, layers, dtype, nproc, quick, warmup, repeats,
             timeout_s, progress, output):
-    """Per-layer time and exact memory of the model's TP shards -> a model-profile document."""
+    """Per-layer time and exact memory of the model's TP shards -> a model-profile document.
+
+    \b
+    Examples:
+      galvatron-probe compute --model tiny-llama --quick
+      galvatron-probe compute --model gpt2-small --layers decoder --tp 1,2,4 -o model.json
+      galvatron-probe compute --model path/to/config.json --seq-len 512,1024 --nproc 4 -o model.json
+      torchrun --nproc-per-node 8 -m galvatron_probe compute --model llama2-7b --dtype bf16 -o model.json
+    """
     from .api import probe_compute
 
     _check_output(output)
@@ -150,13 +195,22 @@ def compute(model, seq_lens, micro_batch_sizes, tp_degrees, layers, dtype, nproc
 
 @main.command()
 @click.argument("documents", nargs=-1, required=True)
+@_OUTPUT
 @exits_cleanly
-def summary(documents):
-    """Print tables of hardware-profile and model-profile DOCUMENTS (paths, '-' for stdin)."""
+def summary(documents, output):
+    """Tables of hardware-profile and model-profile DOCUMENTS (paths, '-' for stdin).
+
+    \b
+    Examples:
+      galvatron-probe summary hw.json model.json
+      galvatron-probe compute --model tiny-gpt --quick | galvatron-probe summary -
+      galvatron-probe summary hw.json -o hw.txt
+    """
     from galvatron_contracts.documents import read_documents, route
 
     from .summary import summarize
 
+    _check_output(output)
     docs = read_documents(documents)
     route(docs, {"hardware-profile", "model-profile"})
-    click.echo("\n\n".join(summarize(d) for d in docs))
+    _write("\n\n".join(summarize(d) for d in docs), output)

@@ -3,12 +3,13 @@
     galvatron-probe compute --model tiny-gpt --quick
     galvatron-probe compute --model path/to/config.json --tp 1,2,4 --micro-batch-sizes 1,2,4 --nproc 4
 
-For each layer kind (decoder, embedding, head) and TP degree t, the probe's own reference shard (layers.py) is
-timed for every (sequence length, micro-batch size): forward, backward, and backward under full recompute (the
-recomputed forward included). Every launched rank measures at once; each repeat starts at a barrier and counts to
-the slowest rank's finish from that common start (ranks sharing cores run in turns, as in a training step). The
-optimizer step (optimizer.py: AdamW + gradient clipping, all ranks at once) is fitted against parameters per rank.
-Memory (memory.py) is exact and per sample; parameters are read off the modules.
+For each layer kind (decoder, embedding, head) and TP degree t, galvatron_models' own module, built as one rank's
+degree-t shard (layers.py), is timed for every (sequence length, micro-batch size): forward, backward, and backward
+under full recompute (``Block.recompute``, the recomputed forward included; the embedding and the head are never
+recomputed, so theirs is a second plain backward). Every launched rank measures at once; each repeat starts at a
+barrier and counts to the slowest rank's finish from that common start (ranks sharing cores run in turns, as in a
+training step). The optimizer step (optimizer.py: AdamW + gradient clipping, all ranks at once) is fitted against
+parameters per rank. Memory (memory.py) is exact and per sample; parameters are read off the modules.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from galvatron_contracts.documents import UsageError, producer
+from galvatron_contracts.documents import CURRENT_VERSION, UsageError, producer
 from galvatron_contracts.models import load_model_spec
 
 from . import __version__
@@ -94,13 +95,13 @@ def resolve(opts: ComputeOptions, cuda: bool) -> ComputePlan:
 def time_layer(module, args, grad, timer, warmup: int, repeats: int) -> dict:
     """Forward, backward and recompute-backward times of one shard on one micro-batch: per repeat, from the barrier
     all ranks leave together to the slowest rank's finish (``Timer.stamp``)."""
-    from torch.utils.checkpoint import checkpoint
+    from .layers import set_recompute
 
     fwd, bwd, rec = [], [], []
     out = []
 
-    def forward(wrap=False):
-        out.append(checkpoint(module, *args, use_reentrant=False) if wrap else module(*args))
+    def forward():
+        out.append(module(*args))
 
     def backward():
         out.pop().backward(grad)
@@ -110,9 +111,11 @@ def time_layer(module, args, grad, timer, warmup: int, repeats: int) -> dict:
         tf = timer.stamp(forward)
         timer.barrier()
         tb = timer.stamp(backward)
-        forward(wrap=True)
+        set_recompute(module, True)
+        forward()
         timer.barrier()
         tr = timer.stamp(backward)
+        set_recompute(module, False)
         if i >= warmup:
             fwd.append(tf), bwd.append(tb), rec.append(tr)
     n = len(fwd)
@@ -173,7 +176,8 @@ def compute_worker(opts: ComputeOptions) -> dict | None:
     if not d.is_main:
         return None
     return {
-        "kind": "model-profile", "schema_version": "1.0", "producer": producer("galvatron-probe", __version__),
+        "kind": "model-profile", "schema_version": CURRENT_VERSION["model-profile"],
+        "producer": producer("galvatron-probe", __version__),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": plan.spec,
         "settings": {"dtype": plan.dtype, "seq_lens": plan.seq_lens, "micro_batch_sizes": plan.micro_batch_sizes,

@@ -1,14 +1,16 @@
 """Rank arithmetic of the bandwidth probe (pure functions, no torch).
 
-Layouts follow the training convention (CONVENTIONS.md): a *consecutive* group of size n holds adjacent ranks
-``[k*n, (k+1)*n)``; a *strided* group holds ranks spaced by ``world/n``: ``{j, j + world/n, ...}``. Nodes hold
-``ranks_per_node`` consecutive ranks. Pipeline stage k of pp holds ranks ``[k*S, (k+1)*S)``, S = world/pp, and
-rank j of stage k sends to rank j of stage k+1.
+Layouts follow the training convention (galvatron_contracts.ranks): a *consecutive* group of size n holds adjacent
+ranks ``[k*n, (k+1)*n)``; a *strided* group holds ranks spaced by ``world/n``: ``{j, j + world/n, ...}`` (the tp
+groups of a one-stage world with tp = n). Nodes hold ``ranks_per_node`` consecutive ranks. Pipeline stage k of pp
+holds ranks ``[k*S, (k+1)*S)``, S = world/pp, and rank j of stage k sends to rank j of stage k+1.
 
     >>> layout_groups(8, 2, "strided")
     [[0, 4], [1, 5], [2, 6], [3, 7]]
 """
 from __future__ import annotations
+
+from galvatron_contracts.ranks import rank_groups
 
 
 def is_power_of_two(n: int) -> bool:
@@ -30,15 +32,8 @@ def layout_stride(world: int, n: int, layout: str) -> int:
 
 
 def layout_groups(world: int, n: int, layout: str) -> list[list[int]]:
-    """Every group of size n in ``layout``; together they cover each rank once."""
-    if n < 1 or world % n:
-        raise ValueError(f"group size {n} does not divide the world size {world}")
-    if layout == "consecutive":
-        return [list(range(k * n, (k + 1) * n)) for k in range(world // n)]
-    if layout == "strided":
-        stride = world // n
-        return [list(range(j, world, stride)) for j in range(stride)]
-    raise ValueError(f"unknown layout {layout!r}")
+    """Every group of size n in ``layout``, each rank in one: the tp groups of tp = n over the whole world."""
+    return rank_groups(range(world), n, layout)[0]
 
 
 def node_of(rank: int, ranks_per_node: int) -> int:

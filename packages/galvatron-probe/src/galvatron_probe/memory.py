@@ -1,8 +1,8 @@
 """Exact bytes a layer saves for backward, counted with saved-tensor hooks.
 
 Every tensor autograd packs during the forward is seen; tensors sharing a storage count once (the storage's
-bytes); parameters and buffers (model state, not activations) are left out. Under full recompute
-(``torch.utils.checkpoint``, use_reentrant=False) what stays saved is what checkpoint keeps: the layer's inputs.
+bytes); parameters and buffers (model state, not activations) are left out. Under full recompute (``Block.recompute``,
+the runtime's switch: torch.utils.checkpoint, use_reentrant=False) what stays saved is what checkpoint keeps.
 
 Each saved storage is classified by building the same shard with every split width doubled (``widen=2``): a storage
 that doubles is one the TP degree divides (``tp_divided``); one that stays the same size is held whole by every TP
@@ -15,11 +15,10 @@ between a 2-sample and a 1-sample micro-batch, so constants that do not grow wit
 from __future__ import annotations
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from galvatron_contracts.documents import GalvatronError
 
-from .layers import build_shard, make_inputs
+from .layers import build_shard, make_inputs, set_recompute
 
 
 def saved_storages(module: torch.nn.Module, args: tuple, recompute: bool = False) -> list[int]:
@@ -34,8 +33,10 @@ def saved_storages(module: torch.nn.Module, args: tuple, recompute: bool = False
             seen[ptr] = storage.nbytes()
         return t
 
+    set_recompute(module, recompute)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = checkpoint(module, *args, use_reentrant=False) if recompute else module(*args)
+        out = module(*args)
+    set_recompute(module, False)
     del out
     return list(seen.values())
 
