@@ -103,7 +103,7 @@ def S(tp: int = 1, sharding: str = "ddp", *, sp: bool = False, layout: str = "co
 
 def build_plan(template: dict, *, bounds: list[int], layers: list[dict], emb: dict, head: dict, micro_batches: int,
                schedule: str = "1f1b") -> dict:
-    """A plan document by hand (the rank convention of CONVENTIONS.md), on the template's model and cluster."""
+    """A plan document by hand (the rank convention of schemas/README.md), on the template's model and cluster."""
     from galvatron_contracts.ranks import rank_groups, stage_ranks
 
     world = template["cluster"]["world_size"]

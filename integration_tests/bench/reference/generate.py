@@ -2,7 +2,7 @@
 
     python integration_tests/bench/reference/generate.py          # writes the three documents next to this file
 
-Writes (and copies the first two into schemas/*/examples/valid/ as reference-*.json):
+Writes (documents() returns them; tools/make_examples.py makes the first two the schemas' realistic examples):
 - a100-2x8-reference.hardware-profile.json: 2 nodes x 8 A100 (NVLink inside a node, 2 nodes over the network)
 - llama2-7b-reference.model-profile.json:   LLaMA-2-7B, bf16, seq 2048
 - llama2-70b-like-reference.model-profile.json: an 80-layer LLaMA-2-70B-like model derived from the 7B figures
@@ -44,11 +44,9 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[2]
 MIB = 2 ** 20
 SEQ = 2048
 PRODUCER = {"name": "galvatron-reference", "version": "1.0"}
@@ -171,8 +169,9 @@ def model_profile(spec: dict, time_scale: float, end_scale: float, act_in_scale:
     }
 
 
-def main() -> None:
-    docs = {
+def documents() -> dict[str, dict]:
+    """The three documents by file name."""
+    return {
         "a100-2x8-reference.hardware-profile.json": hardware_profile(),
         "llama2-7b-reference.model-profile.json": model_profile(
             LLAMA7, 1.0, 1.0, 1.0, 1.0,
@@ -185,12 +184,12 @@ def main() -> None:
             "reference: LLaMA-2-70B-like, derived from the published LLaMA-2-7B A100 figures by per-token FLOPs "
             "(times) and tensor sizes (activations); see integration_tests/bench/reference/generate.py"),
     }
+
+
+def main() -> None:
+    docs = documents()
     for name, doc in docs.items():
         (HERE / name).write_text(json.dumps(doc, indent=1) + "\n")
-    shutil.copy(HERE / "a100-2x8-reference.hardware-profile.json",
-                ROOT / "schemas/hardware-profile/examples/valid/a100-2x8-reference.json")
-    shutil.copy(HERE / "llama2-7b-reference.model-profile.json",
-                ROOT / "schemas/model-profile/examples/valid/llama2-7b-reference.json")
     print("\n".join(str(HERE / n) for n in docs))
 
 
