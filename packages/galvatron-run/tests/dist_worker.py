@@ -20,7 +20,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).parent))
 
 from galvatron_run.data import make_data_source  # noqa: E402
-from galvatron_run.plan import check_plan  # noqa: E402
+from galvatron_run.plan import checked_plan  # noqa: E402
 from galvatron_run.train import build_state, full_parameters, train  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def main(cases_path, out_dir):
     for case in json.loads(Path(cases_path).read_text()):
         plan = case["plan"]
         try:
-            check_plan(plan, dist.get_world_size(), case["name"])
+            checked_plan(plan, dist.get_world_size(), case["name"])
             state = build_state(plan, torch.device("cpu"), dtype=case.get("dtype"), steps=case["steps"],
                                 timeout_s=60)
             result = train(state, data_for(case, plan), case["steps"], measure_memory=case.get("memory", False))

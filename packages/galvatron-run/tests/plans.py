@@ -1,4 +1,4 @@
-"""Hand-built plan documents for the tests, written out per CONVENTIONS.md (rank arithmetic done here, on its own).
+"""Hand-built plan documents for the tests, written out per schemas/README.md (rank arithmetic done here, on its own).
 
     make_plan("tiny-gpt", world=4, layers=[S(tp=2), S(), S(), S()], stages=[(0, 4)], b=4, m=2)
 """

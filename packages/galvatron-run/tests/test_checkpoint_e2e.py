@@ -95,8 +95,8 @@ def worker(out: Path, corpus: str):
                 ck.export_full(out / f"{name}-final.pt", state.model_parts)
 
         doc = run_rank(plan, plan_path=None, steps=STEPS if import_from is None else 1, warmup_steps=0, dtype=None,
-                       report_path=os.devnull, peak_tflops=None, timeout_s=120, make_data=make_data,
-                       callback=callback, build_hook=build_hook)
+                       report_path=str(out / f"{name}.report.json"), peak_tflops=None, timeout_s=120,
+                       make_data=make_data, callback=callback, build_hook=build_hook)
         if rank == 0:
             results[name] = {"losses": {r["step"]: r["loss"] for r in doc["steps"]},
                              "resumed": holder.get("resumed", {}).get("step")}

@@ -16,7 +16,7 @@ from plans import S, _groups, make_plan
 
 from galvatron_contracts.documents import DocumentError, InfeasibleError, dumps, validate
 from galvatron_contracts.models import load_model_spec
-from galvatron_run.plan import Layout, check_plan, groups, summary, uniform_plan
+from galvatron_run.plan import Layout, checked_plan, groups, summary, uniform_plan
 from galvatron_run.report import build_report, known_peak
 from galvatron_run.train import lr_at
 
@@ -59,42 +59,50 @@ def _plan():
 def test_valid_plan_passes_and_is_schema_valid():
     plan = _plan()
     validate(plan, "test")
-    check_plan(plan, 4)
+    typed = checked_plan(plan, 4)
+    assert typed.document == plan and typed.pp == 2 and typed.layers[1].sp
     assert "pp2" in summary(plan)
+    overridden = checked_plan(plan, 4, "p.json", dtype="bf16", seq_len=8).document
+    assert overridden["training"]["seq_len"] == 8 and plan["training"]["seq_len"] == 16
+    with pytest.raises(DocumentError, match=re.escape("p.json with --seq-len 15: $.layers[1].sp: seq_len 15")):
+        checked_plan(plan, 4, "p.json", seq_len=15)
 
 
-@pytest.mark.parametrize("edit,error,words", [
-    (lambda p: p.update(layers=p["layers"][:1]), DocumentError, "model's layers"),
-    (lambda p: p.update(global_batch=5), DocumentError, "micro_batch_size * micro_batches"),
-    (lambda p: p["layers"][0].update(tp=1, sp=True, dp=2), DocumentError, "needs tp > 1"),
-    (lambda p: p["stages"][1].update(layer_start=0), DocumentError, "stages cover the layers"),
-    (lambda p: p.update(micro_batches=1, global_batch=2), InfeasibleError, "1f1b needs at least"),
-    (lambda p: p["model"].update(kv_heads=1, heads=4), None, None),
-    (lambda p: p["model"].update(heads=2, kv_heads=1, hidden=64), InfeasibleError, "kv_heads 1 is not divisible"),
-    (lambda p: p.update(micro_batch_size=3, global_batch=6), InfeasibleError, "not divisible by dp"),
-    (lambda p: p["training"].update(seq_len=15), InfeasibleError, "seq_len 15 is not divisible by tp"),
-    (lambda p: p["training"].update(seq_len=128), InfeasibleError, "max_seq_len"),
-    (lambda p: p["model"].update(vocab_size=1), InfeasibleError, "vocab_size 1 is smaller than tp 2"),
-    (lambda p: p["stages"][0]["layouts"][0].update(dp_groups=[[1, 0]]), InfeasibleError, "rank convention"),
-    (lambda p: p["stages"][1].update(ranks=[0, 1]), InfeasibleError, "stage k holds ranks"),
+# Every fault here makes the plan wrong in any world: exit 3 (galvatron_contracts.plan). Those the runtime used to
+# call infeasible (exit 4) are exit 3 now; only a plan for another world size is exit 4.
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda p: p.update(layers=p["layers"][:1]), "$.layers: expected one strategy per decoder layer (2)"),
+    (lambda p: p.update(global_batch=5), "$.global_batch: expected micro_batch_size * micro_batches"),
+    (lambda p: p["layers"][0].update(tp=1, sp=True, dp=2), "$.layers[0].sp: sequence parallelism needs tp > 1"),
+    (lambda p: p["stages"][1].update(layer_start=0), "$.stages[1].layer_start: expected 1 (where the previous"),
+    (lambda p: p.update(micro_batches=1, global_batch=2), "$.micro_batches: 1f1b needs at least"),
+    (lambda p: p["model"].update(kv_heads=1, heads=4), "$.layers[0].tp: the model's kv_heads 1 is not divisible"),
+    (lambda p: p["model"].update(ffn_hidden=175), "$.layers[0].tp: the model's ffn_hidden 175 is not divisible"),
+    (lambda p: p.update(micro_batch_size=3, global_batch=6), "$.embedding.dp: micro_batch_size 3 is not divisible"),
+    (lambda p: p["training"].update(seq_len=15), "$.layers[1].sp: seq_len 15 is not divisible by tp 2"),
+    (lambda p: p["training"].update(seq_len=128), "$.training.seq_len: expected at most the model's max_seq_len"),
+    (lambda p: p["model"].update(vocab_size=1), "$.head.tp: vocab_size 1 does not split over tp 2"),
+    (lambda p: p["stages"][0]["layouts"][0].update(dp_groups=[[1, 0]]), "$.stages[0].layouts[0].dp_groups: expected "
+                                                                         "[[0, 1]], got [[1, 0]]"),
+    (lambda p: p["stages"][1].update(ranks=[0, 1]), "$.stages[1].ranks: expected [2, 3] (stage k holds"),
 ])
-def test_bad_plans_are_refused_with_the_field(edit, error, words):
+def test_bad_plans_are_refused_with_the_field(edit, words):
     plan = copy.deepcopy(_plan())
     edit(plan)
-    if error is None:                     # heads 4 / kv_heads 1 with tp 2: kv_heads not divisible
-        with pytest.raises(InfeasibleError, match="kv_heads"):
-            check_plan(plan, 4)
-        return
-    with pytest.raises(error, match=re.escape(words)):
-        check_plan(plan, 4)
+    with pytest.raises(DocumentError, match=re.escape(f"plan: {words}")) as caught:
+        checked_plan(plan, 4)
+    assert caught.value.exit_code == 3
 
 
 def test_world_mismatch_and_tied_layouts():
-    with pytest.raises(InfeasibleError, match="this world has 2"):
-        check_plan(_plan(), 2)
+    with pytest.raises(InfeasibleError, match=re.escape("plan: $.cluster.world_size: the plan is for 4 ranks, "
+                                                        "this world has 2")):
+        checked_plan(_plan(), 2)
     tied = make_plan("tiny-gpt", 2, [S()], [(0, 1)], b=2, m=1, emb=S(tp=2), head=S())
-    with pytest.raises(InfeasibleError, match="tied embeddings"):
-        check_plan(tied, 2)
+    with pytest.raises(DocumentError, match=re.escape("$.head.tp: tied embeddings with one stage")):
+        checked_plan(tied, 2)
 
 
 def test_uniform_plan_is_valid_and_follows_the_convention():
@@ -102,7 +110,7 @@ def test_uniform_plan_is_valid_and_follows_the_convention():
     plan = uniform_plan(spec, 8, tp=2, pp=2, dp_mode="zero3", recompute=True, tp_layout="strided", global_batch=8,
                         micro_batches=4, seq_len=32)
     validate(plan, "uniform")
-    check_plan(plan, 8)
+    checked_plan(plan, 8)
     assert [(s["layer_start"], s["layer_end"]) for s in plan["stages"]] == [(0, 2), (2, 4)]
     assert plan["stages"][1]["layouts"][0]["tp_groups"] == [[4, 6], [5, 7]]
     with pytest.raises(InfeasibleError):

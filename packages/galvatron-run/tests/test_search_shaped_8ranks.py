@@ -1,5 +1,5 @@
-"""Eight ranks, opt-in (GALVATRON_RUN_8RANKS=1; ~1.5 min here): the shape of the plan galvatron-search emits for
-LLaMA-2-7B on 8 GPUs (schemas/plan/examples/valid/realistic.json: pp 2 of 16 + 16 layers; zero3 + recompute,
+"""Eight ranks, opt-in (GALVATRON_RUN_8RANKS=1; ~1.5 min here): the shape of the mixed plan for LLaMA-2-7B on
+8 GPUs (schemas/plan/examples/valid/mixed.json: pp 2 of 16 + 16 layers; zero3 + recompute,
 tp 2 + sp zero2, strided tp 2 ddp, tp 4 + sp ddp; embedding dp 4 zero3, head tp 4 ddp) on a 32-layer tiny
 LLaMA, against the single-process reference."""
 from __future__ import annotations

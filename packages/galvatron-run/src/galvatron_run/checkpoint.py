@@ -163,6 +163,25 @@ def _optim_state(parts, optims) -> list[dict]:
     return [get_optimizer_state_dict(p, o, options=_OPTIM) for p, o in zip(parts, optims, strict=True)]
 
 
+def _with_tied_names(part: nn.Module, optim_sd: dict) -> dict:
+    """``optim_sd`` with the state of a weight the part holds under several names (a tied embedding in one stage,
+    which DCP keys by one of them) under each name, so the files hold the same keys under every plan: a plan that
+    keeps the last stage's copy of the weight (pp > 1) finds that copy's state."""
+    names: dict[int, list[str]] = {}
+    for name, p in part.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    out = dict(optim_sd)
+    for fqns in (ns for ns in names.values() if len(ns) > 1):
+        have = next((f for f in fqns if any(k.startswith(f"state.{f}.") for k in optim_sd)), None)
+        if have is None:
+            continue
+        for key, value in optim_sd.items():
+            kind, _, rest = key.partition(".")
+            if kind in ("state", "param_groups") and rest.startswith(have + "."):
+                out.update({f"{kind}.{f}{rest[len(have):]}": value for f in fqns if f != have})
+    return out
+
+
 def _rng_state(rank: int) -> dict[str, torch.Tensor]:
     out = {f"rank{rank}.cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -323,7 +342,8 @@ def save_checkpoint(root: str | os.PathLike, step: int, model_parts, optimizers=
     model = _merge(_model_state(parts), "model")
     state: dict[str, Any] = {"model": model, "rng": _rng_state(rank)}
     if optims:
-        state["optim"] = _merge(_optim_state(parts, optims), "optimizer")
+        state["optim"] = _merge([_with_tied_names(p, sd) for p, sd in zip(parts, _optim_state(parts, optims))],
+                                "optimizer")
     _dcp_save(state, tmp, group)
 
     fqns = set().union(*_all_gather(sorted(model), group))
@@ -445,7 +465,7 @@ def load_checkpoint(path: str | os.PathLike, model_parts, optimizers=(), schedul
     state: dict[str, Any] = {"model": model}
     if optims:
         optim_sds = _optim_state(parts, optims)
-        optim = _merge(optim_sds, "optimizer")
+        optim = _merge([_with_tied_names(p, sd) for p, sd in zip(parts, optim_sds)], "optimizer")
         # A hyperparameter this optimizer has and the checkpoint lacks (a newer torch adds one, a scheduler sets
         # 'initial_lr') keeps its current value; missing state tensors are errors.
         saved = meta.state_dict_metadata

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
+import time
+import weakref
 
 import torch
 from torch.distributed.tensor import DTensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 
 def _storage(t: torch.Tensor):
@@ -102,6 +107,65 @@ class _Handle:
             self.owner._release(self.ptr)
 
 
+class _CollectiveFrees(TorchDispatchMode):
+    """The frees, on other threads, of the storages that collectives touched: the ones the CPU profiler misses.
+
+    gloo runs a collective on its own worker thread, and the work object there holds the collective's tensors until
+    that thread lets go of it, a moment after the caller's ``wait()`` returns. When the caller has dropped its own
+    reference first, the storage is freed on the worker thread (once it takes the GIL), where the profiler, which
+    reports memory on the threads it profiles only, records nothing: the allocation would stay in the trace for
+    good. A weak reference to the storage fires on the real free, on any thread, just before the memory goes; its
+    time (``time.time_ns``, the clock of the profiler's events) is the missing free. Frees on the entering thread
+    are left to the trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.freed: list[tuple[int, int]] = []        # (time ns, data_ptr) of each storage freed on another thread
+        self._watched: dict[int, weakref.ref] = {}     # data_ptr -> weak reference to the storage there
+        self._thread = threading.get_ident()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.namespace in ("c10d", "_c10d_functional"):
+            for t in tree_leaves((args, kwargs, out)):
+                if type(t) is torch.Tensor:
+                    self._watch(t.untyped_storage())
+        return out
+
+    def _watch(self, storage) -> None:
+        ptr = storage.data_ptr()
+        known = self._watched.get(ptr)
+        if ptr and (known is None or known() is not storage):
+            self._watched[ptr] = weakref.ref(storage, lambda _, p=ptr: self._freed(p))
+
+    def _freed(self, ptr: int) -> None:
+        if threading.get_ident() != self._thread:
+            self.freed.append((time.time_ns(), ptr))
+
+    def stop(self) -> None:
+        self._watched.clear()                          # a dropped weak reference calls back no more
+
+
+def trace_peak(allocations: list[tuple[int, int, int]], freed: list[tuple[int, int]]) -> int:
+    """Peak of the running total of the trace's ``allocations`` ((time ns, data_ptr, bytes), frees negative), with
+    the frees it missed, ``freed`` ((time ns, data_ptr) of each block freed on another thread), put in."""
+    events = sorted([(t, ptr, n) for t, ptr, n in allocations] + [(t, ptr, None) for t, ptr in freed],
+                    key=lambda e: e[0])
+    live: dict[int, int] = {}       # data_ptr -> bytes of each block counted now
+    cur = high = 0
+    for _, ptr, n in events:
+        if n is None:
+            cur -= live.pop(ptr, 0)
+        elif n > 0:
+            cur += n - live.pop(ptr, 0)     # a block still counted at this address was freed unseen
+            live[ptr] = n
+            high = max(high, cur)
+        else:
+            live.pop(ptr, None)
+            cur += n
+    return high
+
+
 class PeakMemory:
     """Context over one training step: the peak bytes allocated, by the CUDA allocator or the CPU profiler."""
 
@@ -126,20 +190,19 @@ class PeakMemory:
         from torch.profiler import ProfilerActivity, profile
         gc.collect()
         self.baseline = live_tensor_bytes()
+        frees = _CollectiveFrees()
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            yield
-        allocs = []
+            with frees:
+                yield
+        frees.stop()
+        allocations = []
         stack = list(prof.profiler.kineto_results.experimental_event_tree())
         while stack:
             node = stack.pop()
             if node.typed[0] == _EventType.Allocation:
-                allocs.append((node.start_time_ns, node.typed[1].alloc_size))
+                allocations.append((node.start_time_ns, node.typed[1].ptr, node.typed[1].alloc_size))
             stack.extend(node.children)
-        allocs.sort()
-        cur = high = 0
-        for _, n in allocs:
-            cur += n
-            high = max(high, cur)
-        self.peak = self.baseline + high
+        self.peak = self.baseline + trace_peak(allocations, frees.freed)
         self.method = ("CPU: live tensor storages before the step (garbage-collector scan) + the peak of the torch "
-                       "profiler's allocation/free trace over one training step")
+                       "profiler's allocation/free trace over one training step, with the frees of collective "
+                       "buffers that gloo's threads performed (invisible to the profiler) taken from weak references")

@@ -6,26 +6,12 @@ import platform
 import socket
 import statistics
 
-from galvatron_contracts.documents import digest, producer
+from galvatron_contracts.devices import peak_tflops as known_peak
+from galvatron_contracts.documents import CURRENT_VERSION, digest, producer
 from galvatron_contracts.models import training_flops_per_token
 
 from . import __version__
 from .plan import summary
-
-# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets; matched as substrings of the device name.
-PEAK_BF16_TFLOPS = [
-    ("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0),
-    ("A10G", 70.0), ("A10", 125.0), ("A6000", 154.8), ("V100", 125.0),
-]
-
-
-def known_peak(device_name: str, dtype: str) -> float | None:
-    if dtype != "bf16":
-        return None
-    for key, peak in PEAK_BF16_TFLOPS:
-        if key in device_name:
-            return peak
-    return None
 
 
 def _ratio(pred: float, meas: float) -> dict:
@@ -73,7 +59,8 @@ def build_report(plan: dict, *, plan_path: str | None, steps: list[dict], memory
               "accounting": m["accounting"]} for r, m in enumerate(memory) if m is not None]
     method = next((m["method"] for m in memory if m is not None), "not measured")
     doc = {
-        "kind": "run-report", "schema_version": "1.0", "producer": producer("galvatron-run", __version__),
+        "kind": "run-report", "schema_version": CURRENT_VERSION["run-report"],
+        "producer": producer("galvatron-run", __version__),
         "plan": {"sha256": digest(plan), "path": plan_path, "summary": summary(plan),
                  "model_name": plan["model"]["name"]},
         "environment": {"torch_version": settings.pop("torch_version"), "python_version": platform.python_version(),

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,12 +13,13 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from galvatron_contracts.devices import cpu_name
 from galvatron_contracts.documents import digest, write_document
 
 from . import checkpoint as ckpt
 from . import failures
 from .data import DEFAULT_VAL_FRACTION, make_data_source
-from .plan import check_plan, prepared_plan
+from .plan import Plan, checked_plan
 from .report import build_report
 from .train import build_state, log, train, validation_loss
 
@@ -34,13 +34,7 @@ def _device_info(device: torch.device) -> dict:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return {"type": "cuda", "name": props.name, "memory_bytes": int(props.total_memory)}
-    name = platform.processor() or platform.machine() or "cpu"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return {"type": "cpu", "name": f"{name} ({os.cpu_count()} cores)"}
+    return {"type": "cpu", "name": f"{cpu_name()} ({os.cpu_count()} cores)"}
 
 
 @dataclass
@@ -71,12 +65,15 @@ def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int
              report_path: str | None, peak_tflops: float | None, timeout_s: float, seq_len: int | None = None,
              data_path: str | None = None, make_data: Callable | None = None,
              callback: Callable | None = None, build_hook: Callable | None = None,
-             long_run: LongRun | None = None) -> dict | None:
-    """Returns the report on rank 0 (None elsewhere). Raises DocumentError / InfeasibleError before any group."""
+             long_run: LongRun | None = None, checked: Plan | None = None) -> dict | None:
+    """Returns the report on rank 0 (None elsewhere). Raises DocumentError / InfeasibleError before any group.
+
+    ``checked``: the plan as ``checked_plan`` already returned it for this world (the command line's); else the
+    plan is checked here."""
     opts = long_run or LongRun(data_path=data_path)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    run_plan = prepared_plan(plan, dtype=dtype, seq_len=seq_len)
-    check_plan(run_plan, world, plan_path or "plan")
+    checked = checked or checked_plan(plan, world, plan_path or "plan", dtype=dtype, seq_len=seq_len)
+    run_plan = checked.document
     if "RANK" not in os.environ:                       # a single process without torchrun
         os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                            "MASTER_PORT": str(_free_port())})

@@ -21,22 +21,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from galvatron_models import Decoder, ce_loss_sum, initial_value
+from galvatron_models import Decoder, ce_loss_sum, initial_value, vocab_parallel_ce_sum
 
 from .measure import PeakMemory, SavedTensors, peak_rss_bytes, tensor_bytes
-from .parallel import (
-    Env,
-    Unit,
-    apply_fsdp,
-    apply_tp,
-    clip_grads,
-    local,
-    make_env,
-    move,
-    sync_grads,
-    vocab_parallel_ce_sum,
-    wrap_root,
-)
+from .parallel import Env, Unit, clip_grads, local, make_env, make_schedule, move, parallelize_stage, sync_grads
 from .plan import Layout, vocab_shard
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -78,17 +66,6 @@ class Stage(Decoder):
         return x.to(self._act)
 
 
-class _PipeModule(nn.Module):
-    """A plain wrapper, so that the pipelining stage does not drive FSDP's per-micro-batch gradient sync."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x)
-
-
 def lr_at(step: int, opt: dict, steps: int) -> float:
     """Linear warm-up to lr over warmup_steps, then cosine decay to min_lr over decay_steps (default: the run)."""
     lr, min_lr = opt.get("lr", 3e-4), opt.get("min_lr", 3e-5)
@@ -125,11 +102,12 @@ class TrainState:
     dtype: str
     seq_len: int
     steps: int
+    loss_fn: Callable | None = None    # (logits, targets of the micro-batch) -> this rank's share of the mean loss
     step: int = 0                      # the next step to run (a resumed run sets it)
     schedule: object = None            # torch.distributed.pipelining schedule (pp > 1)
-    tie: tuple | None = None           # (embedding weight | None, head copy | None) of a tied model
-    tie_same_layout: bool = True
-    skip_norm: set = field(default_factory=set)
+    tie: tuple | None = None           # pp > 1, tied: (embedding weight | None, head copy | None) on this rank
+    tie_same_layout: bool = True       # ... and whether both ends shard it alike
+    skip_norm: set = field(default_factory=set)     # ids of the head copies, left out of the gradient norm
 
     @property
     def model_parts(self) -> list[nn.Module]:
@@ -150,7 +128,10 @@ class TrainState:
 
 def build_state(plan: dict, device: torch.device, *, dtype: str | None = None, steps: int = 1,
                 seq_len: int | None = None, timeout_s: float = 60.0) -> TrainState:
-    """Groups, meshes, modules (initialised identically for every plan), TP, FSDP2, optimizer, schedule."""
+    """Groups, meshes, modules (initialised identically for every plan), their parallelism, optimizer, schedule.
+
+    Tied embeddings: with one stage the head uses the embedding's weight (one parameter); with pp > 1 the last
+    stage holds a copy, initialised equal, whose gradient ``sync_grads`` sums with the first stage's."""
     spec = plan["model"]
     dtype = dtype or plan["training"]["dtype"]
     seq = seq_len or plan["training"]["seq_len"]
@@ -160,7 +141,7 @@ def build_state(plan: dict, device: torch.device, *, dtype: str | None = None, s
     first, last = k == 0, k == pp - 1
     ids = list(range(st["layer_start"], st["layer_end"]))
     with torch.device("meta"):                # nothing is allocated until the parameters are sharded
-        model = Stage(spec, ids, first, last, tie=False)
+        model = Stage(spec, ids, first, last, tie=spec["tied_embeddings"])     # ties only a stage holding both
     lays = {"embedding": Layout.of(plan["embedding"]), "head": Layout.of(plan["head"])}
     lays.update({i: Layout.of(plan["layers"][i]) for i in range(len(plan["layers"]))})
     in_layout = None
@@ -179,21 +160,10 @@ def build_state(plan: dict, device: torch.device, *, dtype: str | None = None, s
     act = DTYPES[dtype]
     model.configure(env, lays, in_layout, b, seq, act)
 
-    units = []
-    if first:
-        units.append(Unit("embedding", "embedding.", model.embedding, plan["embedding"], lays["embedding"]))
-    for i in ids:
-        blk = model.layers[str(i)]
-        blk.recompute = bool(plan["layers"][i]["recompute"])
-        units.append(Unit(f"layers[{i}]", f"layers.{i}.", blk, plan["layers"][i], lays[i]))
-    if last:
-        units.append(Unit("head", "head.", model.head, plan["head"], lays["head"]))
-    for u in units:
-        apply_tp(u, env, spec["family"], seq)
-    for u in units:
-        apply_fsdp(u, env, act)
-    wrap_root(model, units, env)
+    units = parallelize_stage(model, plan, lays, env, seq, act)
     model.to_empty(device=device)
+    if first and last and spec["tied_embeddings"]:
+        model.head.out.weight = model.embedding.tok.weight     # to_empty gives a plain tensor one copy per name
     init_local_shards(model, spec, plan["training"].get("seed", 1234))
 
     opt = {"name": "adamw", **plan["training"]["optimizer"]}
@@ -202,7 +172,8 @@ def build_state(plan: dict, device: torch.device, *, dtype: str | None = None, s
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_at(s, opt, steps) / base if base > 0 else 0.0)
     state = TrainState(plan, env, model, units, optimizer, scheduler, dtype, seq, steps)
-    if spec["tied_embeddings"]:
+    state.loss_fn = _loss_fn(state)
+    if spec["tied_embeddings"] and pp > 1:
         emb = model.embedding.tok.weight if first else None
         head = model.head.out.weight if last else None
         state.tie = (emb, head)
@@ -212,7 +183,7 @@ def build_state(plan: dict, device: torch.device, *, dtype: str | None = None, s
         if last:
             state.skip_norm = {id(head)}     # the embedding's copy is counted (once) in the norm
     if pp > 1:
-        state.schedule = _make_schedule(state, b, seq)
+        state.schedule = make_schedule(model, env, plan, seq, act, in_layout, model.out_layout, state.loss_fn)
     return state
 
 
@@ -248,74 +219,52 @@ def _loss_fn(state: TrainState):
     return loss_fn
 
 
-def _make_schedule(state: TrainState, b: int, s: int):
-    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
-    env, plan = state.env, state.plan
-    h = plan["model"]["hidden"]
-    act = DTYPES[state.dtype]
-
-    def example(lay: Layout):
-        return torch.empty(b // lay.dp, s // lay.tp if lay.sp else s, h, dtype=act, device=env.device,
-                           requires_grad=True)
-
-    model = state.model
-    inp = torch.empty(b, s, dtype=torch.long, device=env.device) if state.first else example(model._in)
-    if state.last:
-        lay = model._lays["head"]
-        vocab = vocab_shard(plan["model"]["vocab_size"], lay.tp, lay.coords(env.j)[0])[1]
-        out = torch.empty(b // lay.dp, s, vocab, dtype=act, device=env.device,
-                          requires_grad=True)
-    else:
-        out = example(model.out_layout)
-    pp_group = env.group([kk * env.size + env.j for kk in range(env.pp)])
-    stage = PipelineStage(_PipeModule(model), env.stage, env.pp, env.device, input_args=(inp,), output_args=(out,),
-                          group=pp_group)
-    cls = Schedule1F1B if plan["schedule"] == "1f1b" else ScheduleGPipe
-    return cls(stage, n_microbatches=plan["micro_batches"], loss_fn=_loss_fn(state), scale_grads=False)
+def _micro_batches(state: TrainState, x: torch.Tensor, y: torch.Tensor):
+    b = state.plan["micro_batch_size"]
+    return [(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]) for i in range(state.plan["micro_batches"])]
 
 
-def _forward_backward(state: TrainState, x: torch.Tensor, y: torch.Tensor, backward: bool = True) -> torch.Tensor:
-    """All micro-batches of one step; returns this rank's contribution to the global mean loss.
+def local_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, backward: bool = True) -> list[torch.Tensor]:
+    """All micro-batches of a one-stage plan; returns their losses. gpipe runs every forward before the backwards,
+    1f1b the backward of each micro-batch right after its forward; ``backward=False``: forwards only."""
+    if not backward:
+        return [state.loss_fn(state.model(xi), yi) for xi, yi in _micro_batches(state, x, y)]
+    if state.plan["schedule"] == "gpipe":
+        losses = [state.loss_fn(state.model(xi), yi) for xi, yi in _micro_batches(state, x, y)]
+        for loss in losses:
+            loss.backward()
+        return [loss.detach() for loss in losses]
+    losses = []
+    for xi, yi in _micro_batches(state, x, y):
+        loss = state.loss_fn(state.model(xi), yi)
+        loss.backward()
+        losses.append(loss.detach())
+    return losses
 
-    ``backward=False``: forward passes only (validation), through the same schedule."""
-    plan = state.plan
-    m, b = plan["micro_batches"], plan["micro_batch_size"]
-    dev = state.env.device
-    x, y = x.to(dev), y.to(dev)
+
+def pipelined_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, backward: bool = True) -> list[torch.Tensor]:
+    """All micro-batches through the pipeline schedule; returns the losses (on the last stage; elsewhere none)."""
+    run = state.schedule.step if backward else state.schedule.eval
     losses: list[torch.Tensor] = []
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=state.dtype == "bf16"):
-        if not backward:
-            with torch.no_grad():
-                if state.schedule is None:
-                    loss_fn = _loss_fn(state)
-                    losses = [loss_fn(state.model(x[i * b:(i + 1) * b]), y[i * b:(i + 1) * b]) for i in range(m)]
-                elif state.first:
-                    state.schedule.eval(x)
-                elif state.last:
-                    state.schedule.eval(target=y, losses=losses)
-                else:
-                    state.schedule.eval()
-        elif state.schedule is None:
-            loss_fn = _loss_fn(state)
-            if plan["schedule"] == "gpipe":
-                pending = [loss_fn(state.model(x[i * b:(i + 1) * b]), y[i * b:(i + 1) * b]) for i in range(m)]
-                for loss in pending:
-                    loss.backward()
-                losses = [loss.detach() for loss in pending]
-            else:
-                for i in range(m):
-                    loss = loss_fn(state.model(x[i * b:(i + 1) * b]), y[i * b:(i + 1) * b])
-                    loss.backward()
-                    losses.append(loss.detach())
-        elif state.first:
-            state.schedule.step(x)
-        elif state.last:
-            state.schedule.step(target=y, losses=losses)
-        else:
-            state.schedule.step()
+    if state.first:
+        run(x)
+    elif state.last:
+        run(target=y, losses=losses)
+    else:
+        run()
+    return losses
+
+
+def _step_loss(state: TrainState, x: torch.Tensor, y: torch.Tensor, backward: bool = True) -> torch.Tensor:
+    """One step's micro-batches (``backward=False``: forwards only, for validation); returns this rank's
+    contribution to the global mean loss."""
+    dev = state.env.device
+    step = pipelined_step if state.schedule is not None else local_step
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=state.dtype == "bf16"), \
+            (contextlib.nullcontext() if backward else torch.no_grad()):
+        losses = step(state, x.to(dev), y.to(dev), backward)
     total = torch.zeros((), dtype=torch.float64, device=dev)
-    lay = Layout.of(plan["head"])
-    if state.last and lay.coords(state.env.j)[0] == 0:
+    if state.last and Layout.of(state.plan["head"]).coords(state.env.j)[0] == 0:
         total += sum(float(v.detach().float()) for v in losses)
     return total
 
@@ -333,8 +282,8 @@ def train_step(state: TrainState, data, memory: PeakMemory | None = None, saved:
     t0 = time.perf_counter()
     with (memory.measure() if memory else contextlib.nullcontext()):
         with (saved.hooks() if saved else contextlib.nullcontext()):
-            loss = _forward_backward(state, x, y)
-        sync_grads(state.units, state.env, state.tie, state.env.pp, state.tie_same_layout)
+            loss = _step_loss(state, x, y)
+        sync_grads(state.units, state.env, state.tie, state.tie_same_layout)
         if memory is not None:
             acc["grad_bytes"] = tensor_bytes(local(p.grad) for p in state.model.parameters() if p.grad is not None)
         max_norm = plan["training"]["optimizer"].get("grad_clip", 1.0)
@@ -397,7 +346,7 @@ def validation_loss(state: TrainState, data, batches: int) -> dict:
     total = 0.0
     for i in range(batches):
         x, y = data.validation_batch(i)
-        loss = _forward_backward(state, x, y, backward=False)
+        loss = _step_loss(state, x, y, backward=False)
         dist.all_reduce(loss)
         total += float(loss)
     return {"step": state.step, "loss": total / batches, "tokens": batches * state.plan["global_batch"] * state.seq_len}
@@ -406,8 +355,8 @@ def validation_loss(state: TrainState, data, batches: int) -> dict:
 @torch.no_grad()
 def full_parameters(state: TrainState) -> dict[str, torch.Tensor]:
     """{FQN: full fp32 tensor} of this stage's parameters (collective over the stage's meshes)."""
+    from torch.distributed.tensor import DTensor
     out = {}
-    for name, p in state.model.named_parameters():
-        from torch.distributed.tensor import DTensor
+    for name, p in state.model.named_parameters(remove_duplicate=False):     # a tied weight under both names
         out[name] = (p.full_tensor() if isinstance(p, DTensor) else p).detach().float().cpu().clone()
     return out
