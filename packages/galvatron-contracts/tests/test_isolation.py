@@ -2,7 +2,7 @@
 import importlib.util
 from pathlib import Path
 
-from galvatron_contracts.isolation import forbidden_imports, loaded_modules, violations
+from galvatron_contracts.isolation import forbidden_imports, loaded_modules, package_checks, violations
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -40,3 +40,15 @@ def test_schemas_ship_with_the_package():
     kinds = {"hardware-profile", "model-profile", "cost-model", "plan", "run-report", "model-spec"}
     assert kinds <= set(known_versions())
     assert importlib.util.find_spec("galvatron_contracts") is not None
+
+
+def test_package_checks_name_each_broken_rule(tmp_path, monkeypatch):
+    for part in ("src", "tests"):
+        (tmp_path / part).mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text("import galvatron_run\n")
+    monkeypatch.setenv("TOX_ENV_NAME", "contracts")
+    broken = package_checks("galvatron_contracts", tmp_path, alone_in_env="contracts")
+    installed = [t for t in ("galvatron_probe", "galvatron_cost", "galvatron_search", "galvatron_run")
+                 if importlib.util.find_spec(t) is not None]
+    assert broken == ["tests/test_x.py:1: imports galvatron_run"] + [
+        f"{t} is installed beside galvatron_contracts" for t in installed]

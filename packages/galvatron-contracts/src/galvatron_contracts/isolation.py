@@ -70,3 +70,21 @@ def loaded_modules(package: str, timeout_s: float = 120) -> set[str]:
     if done.returncode:
         raise RuntimeError(f"importing {package} failed:\n{done.stderr}")
     return set(done.stdout.split())
+
+
+def package_checks(package: str, root: Path, alone_in_env: str) -> list[str]:
+    """Every rule broken by the installed ``package`` whose checkout is ``root`` (its src/ and tests/): forbidden
+    imports in the files, forbidden modules loaded by importing it, and, inside the tox environment named
+    ``alone_in_env`` (which installs it without the other tools), another tool installed beside it."""
+    import importlib.util
+
+    forbidden = forbidden_imports(package)
+    broken = [f"{part}/{v}" for part in ("src", "tests") for v in violations(Path(root) / part, forbidden)]
+    loaded = loaded_modules(package)
+    if package not in loaded:
+        broken.append(f"importing {package} did not load it")
+    broken += [f"importing {package} loads {m}" for m in sorted(loaded & set(forbidden))]
+    if os.environ.get("TOX_ENV_NAME") == alone_in_env:
+        broken += [f"{t} is installed beside {package}" for t in TOOLS
+                   if t != package and importlib.util.find_spec(t) is not None]
+    return broken
