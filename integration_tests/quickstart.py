@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from galvatron_contracts.names import runs, strategy_name
+
 GIB = 2**30
 
 
@@ -58,24 +60,12 @@ def choose_budget(cost_model: Path, global_batch: int) -> float:
 def stage_table(plan: dict, report: dict) -> str:
     measured = {m["stage"]: m for m in report.get("comparison", {}).get("memory", [])}
     rows = [("stage", "ranks", "layers", "strategies", "predicted MiB", "measured MiB", "ratio")]
-
-    def strategy(s: dict) -> str:
-        text = f"tp{s['tp']}{'+sp' if s['sp'] else ''} dp{s['dp']} {s['dp_sharding']}"
-        return text + (" rc" if s["recompute"] else "")
-
     for stage in plan["stages"]:
-        layers = plan["layers"][stage["layer_start"]:stage["layer_end"]]
-        groups: list[list] = []
-        for s in layers:
-            if groups and groups[-1][0] == strategy(s):
-                groups[-1][1] += 1
-            else:
-                groups.append([strategy(s), 1])
-        parts = [f"{n}x {s}" for s, n in groups]
+        parts = [runs([strategy_name(s) for s in plan["layers"][stage["layer_start"]:stage["layer_end"]]])]
         if stage["index"] == 0:
-            parts.insert(0, "emb " + strategy(plan["embedding"]))
+            parts.insert(0, "emb " + strategy_name(plan["embedding"]))
         if stage["index"] == len(plan["stages"]) - 1:
-            parts.append("head " + strategy(plan["head"]))
+            parts.append("head " + strategy_name(plan["head"]))
         m = measured.get(stage["index"], {})
         rows.append((str(stage["index"]), f"{stage['ranks'][0]}-{stage['ranks'][-1]}",
                      f"{stage['layer_start']}-{stage['layer_end'] - 1}", "; ".join(parts),

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from galvatron_contracts.names import plan_summary
+
 GIB = 2 ** 30
 MIB = 2 ** 20
 QUALITY_BUDGETS = (0.9, 0.7)      # x the least memory pure ddp needs: just too little for it, and tighter
@@ -211,15 +213,8 @@ BASELINE_FLAGS = {
 
 
 def summary_of(plan: dict) -> str:
-    """Strategy summary (pp, per-stage layer strategies, b, m, schedule) comparable across producers."""
-    parts = []
-    for st in plan["stages"]:
-        ls = plan["layers"][st["layer_start"]:st["layer_end"]]
-        parts.append("/".join(f"tp{s['tp']}{s['tp_layout'][0]}{'+sp' if s['sp'] else ''} dp{s['dp']} "
-                              f"{s['dp_sharding']}{' rc' if s['recompute'] else ''}" for s in ls))
-    return (f"pp{len(plan['stages'])} m{plan['micro_batches']} {plan['schedule']} emb tp{plan['embedding']['tp']} "
-            f"{plan['embedding']['dp_sharding']} head tp{plan['head']['tp']} {plan['head']['dp_sharding']} | "
-            + " || ".join(parts))
+    """Strategy summary (pp, per-stage layers and strategies, b, m, schedule) comparable across producers."""
+    return plan_summary(plan)
 
 
 # --- what the cost model leaves out, measured apart (diagnosis, never fed back into the predictions) ---------------
