@@ -9,9 +9,15 @@ repository's top-level ``schemas/``.
 
 Reader policy (schemas/README.md): same major and known minor -> strict validation; newer minor -> validated
 against the newest known minor with unknown fields allowed, and a warning on stderr; older major -> migrated step by
-step (MIGRATIONS); newer major -> DocumentError (exit 3) naming the supported range. Beyond the schema, a document's
-``model`` must be arithmetically sound (heads divide hidden, kv_heads divide heads) and a plan must follow the
-rank-layout convention and be trainable in some world (``plan.plan_errors``).
+step (MIGRATIONS); newer major -> DocumentError (exit 3) naming the supported range. Before the schema, every value is
+held to limits.py's bounds (nesting depth, finite numbers of sane magnitude, int64 integers); an integer field
+holds an integer, never a float like 1e308. Beyond the schema (``semantic_errors``): every count within its bound
+(limits.COUNT_LIMITS), a document's ``model`` arithmetically sound (heads divide hidden, kv_heads divide heads),
+a profile's or cost model's numbers consistent (consistency.py), and a plan following the rank-layout convention
+and trainable in some world (``plan.plan_errors``).
+
+Writing: ``write_document`` refuses a target that is not a regular file (exit 2) and reports a failed write, to a
+file or to stdout (disk full, a closed pipe), as one message (exit 1).
 """
 from __future__ import annotations
 
@@ -19,18 +25,22 @@ import copy
 import functools
 import hashlib
 import json
-import math
 import os
+import re
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import best_match
-from referencing import Registry, Resource
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
 
+from .consistency import cost_model_errors, hardware_profile_errors, model_profile_errors
+from .limits import MAX_DEPTH, TOO_DEEP, child_path, count_errors, value_errors
 from .plan import plan_errors
 
 # A package's copy ships its schemas beside it; the single source (contracts/ at the root) reads schemas/.
@@ -44,6 +54,8 @@ CURRENT_VERSION = {"hardware-profile": "1.1", "model-profile": "1.1", "cost-mode
                    "run-report": "1.1"}
 ID_PREFIX = "urn:galvatron:schema:"
 MAX_MESSAGE = 240  # characters of one schema message (jsonschema quotes whole sub-documents)
+# one input file or stream: far above what a tool writes (a cost model of 2**17 ranks is 2 MB)
+MAX_DOCUMENT_BYTES = 256 * 2 ** 20
 
 
 class GalvatronError(Exception):
@@ -108,27 +120,38 @@ def _relaxed(schema: Any) -> Any:
     return schema
 
 
+# An integer field holds a JSON integer: JSON Schema would also take a float with no fraction (1e308, 2.0). The
+# schemas are used without their "$schema" (all are draft 2020-12), so a $ref'd schema is checked by this class
+# too: jsonschema picks the class of a referenced schema by its "$schema".
+_Validator = validators.extend(Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)))
+
+
+def _checked_form(schema: dict, relaxed: bool) -> dict:
+    schema = _relaxed(schema) if relaxed else dict(schema)
+    schema.pop("$schema", None)
+    return schema
+
+
 @functools.cache
 def _registry(relaxed: bool) -> Registry:
     resources = []
     for kind, versions in known_versions().items():
         for major, minor in versions:
             schema = load_schema(kind, f"{major}.{minor}")
-            resources.append((schema["$id"], Resource.from_contents(_relaxed(schema) if relaxed else schema)))
+            resources.append((schema["$id"], DRAFT202012.create_resource(_checked_form(schema, relaxed))))
     return Registry().with_resources(resources)
 
 
 @functools.cache
 def _validator(kind: str, version: str, relaxed: bool) -> Draft202012Validator:
-    schema = load_schema(kind, version)
+    schema = _checked_form(load_schema(kind, version), relaxed)
     if relaxed:
-        schema = _relaxed(schema)
         schema["properties"]["schema_version"] = {"type": "string", "pattern": r"^\d+\.\d+$"}
-    return Draft202012Validator(schema, registry=_registry(relaxed))
+    return _Validator(schema, registry=_registry(relaxed))
 
 
-def _child(path: str, key: str) -> str:
-    return f"{path}.{key}" if key.isidentifier() else f"{path}[{json.dumps(key)}]"
+_child = child_path
 
 
 def _short(message: str) -> str:
@@ -188,12 +211,19 @@ def model_spec_errors(spec: dict, path: str = "$") -> list[str]:
     return errors
 
 
+KIND_CHECKS: dict[str, Callable[[dict], list[str]]] = {
+    "hardware-profile": hardware_profile_errors, "model-profile": model_profile_errors,
+    "cost-model": cost_model_errors, "plan": plan_errors}
+
+
 def semantic_errors(doc: dict) -> list[str]:
-    """Checks beyond the schema, for a schema-valid document: its model spec's arithmetic; a plan's rank layout."""
-    errors = model_spec_errors(doc["model"], "$.model") if isinstance(doc.get("model"), dict) else []
-    if doc.get("kind") == "plan" and not errors:
-        errors += plan_errors(doc)
-    return errors
+    """Checks beyond the schema, for a schema-valid document, each stage only once the one before it holds: every
+    count within its bound; the model spec's arithmetic; the kind's own consistency (KIND_CHECKS)."""
+    errors = count_errors(doc)
+    if not errors and isinstance(doc.get("model"), dict):
+        errors = model_spec_errors(doc["model"], "$.model")
+    check = KIND_CHECKS.get(doc.get("kind"))
+    return errors or (check(doc) if check else [])
 
 
 # Older majors are migrated one major at a time: MIGRATIONS[(kind, major)] turns a document of that major into
@@ -215,6 +245,9 @@ def validate(doc: Any, source: str = "<document>", kind: str | Iterable[str] | N
     ``source`` and the JSON path of every problem."""
     if not isinstance(doc, dict):
         raise DocumentError(source, f"$: expected a JSON object (a galvatron document), got {type(doc).__name__}")
+    errors = value_errors(doc)
+    if errors:
+        raise DocumentError(source, errors)
     doc_kind = doc.get("kind")
     if not isinstance(doc_kind, str) or doc_kind not in DOCUMENT_KINDS or doc_kind not in known_versions():
         expected = ", ".join(DOCUMENT_KINDS)
@@ -267,6 +300,30 @@ def validate(doc: Any, source: str = "<document>", kind: str | Iterable[str] | N
     return doc
 
 
+def as_current(doc: dict, source: str = "<document>") -> dict:
+    """A copy of a read document at the version this tool writes of its kind (CURRENT_VERSION), to write it back.
+
+    A newer minor's added fields, which that version does not know, are dropped, with a warning naming them (a
+    minor only adds optional fields, so what is left is a document of the current version); an older minor of
+    the same major is already one, less optional fields."""
+    kind = doc["kind"]
+    out = copy.deepcopy(doc)
+    out["schema_version"] = CURRENT_VERSION[kind]
+    pending = list(_validator(kind, out["schema_version"], False).iter_errors(out))
+    dropped = []
+    while pending:
+        error = pending.pop()
+        pending += error.context or []
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            for key in [k for k in error.instance if k not in error.schema.get("properties", {})]:
+                del error.instance[key]
+                dropped.append(_child(error.json_path, key))
+    if dropped:
+        print(f"warning: {source}: writing {kind} {out['schema_version']}, without the fields it does not have: "
+              f"{', '.join(sorted(dropped))}", file=sys.stderr)
+    return out
+
+
 # --- reading ---------------------------------------------------------------------------------------------------
 
 def _line_col(text: str, pos: int) -> tuple[int, int]:
@@ -274,13 +331,44 @@ def _line_col(text: str, pos: int) -> tuple[int, int]:
     return line, pos - (text.rfind("\n", 0, pos) + 1) + 1
 
 
+class _Refused(ValueError):
+    """A literal the reader refuses while parsing: NaN, Infinity, an integer too long to convert."""
+
+    def __init__(self, literal: str, why: str):
+        super().__init__(why)
+        self.literal = literal
+
+
+def _constant(name: str):
+    raise _Refused(name, f"{name} is not a JSON number; documents carry no NaN or Infinity")
+
+
+def _integer(digits: str) -> int:
+    if len(digits) > 1000:  # Python refuses to convert 4300 digits and more; no count has more than 19
+        raise _Refused(digits, f"an integer of {len(digits)} digits")
+    return int(digits)
+
+
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _too_deep_at(text: str, pos: int) -> int:
+    """Where the value starting at ``pos`` first nests more than MAX_DEPTH containers deep (strings skipped)."""
+    depth = 0
+    for token in _TOKEN.finditer(text, pos):
+        if token.group() in ("[", "{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return token.start()
+        elif token.group() in ("]", "}"):
+            depth -= 1
+    return pos
+
+
 def iter_json(text: str, source: str) -> Iterator[Any]:
-    """The JSON values in ``text``: one, several concatenated, or one per line. NaN and Infinity are refused."""
-
-    def refuse(name):
-        raise ValueError(name)
-
-    decoder = json.JSONDecoder(parse_constant=refuse)
+    """The JSON values in ``text``: one, several concatenated, or one per line. NaN and Infinity are refused, and
+    so is a value nested too deep for the parser (limits.py holds what is read to MAX_DEPTH)."""
+    decoder = json.JSONDecoder(parse_constant=_constant, parse_int=_integer)
     pos, end = 0, len(text)
     while True:
         while pos < end and text[pos].isspace():
@@ -291,10 +379,12 @@ def iter_json(text: str, source: str) -> Iterator[Any]:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise DocumentError(source, f"line {e.lineno} column {e.colno}: malformed JSON ({e.msg})") from None
-        except ValueError as e:
-            line, col = _line_col(text, max(text.find(str(e), pos), pos))
-            raise DocumentError(source, f"line {line} column {col}: malformed JSON ({e} is not a JSON number; "
-                                        f"documents carry no NaN or Infinity)") from None
+        except _Refused as e:
+            line, col = _line_col(text, max(text.find(e.literal, pos), pos))
+            raise DocumentError(source, f"line {line} column {col}: malformed JSON ({e})") from None
+        except RecursionError:
+            line, col = _line_col(text, _too_deep_at(text, pos))
+            raise DocumentError(source, f"line {line} column {col}: {TOO_DEEP}") from None
         yield value
 
 
@@ -304,29 +394,64 @@ def _source_list(sources: Iterable[str | os.PathLike] | str | os.PathLike) -> li
     return [os.fspath(s) for s in sources]
 
 
-def read_documents(sources: Iterable[str] | str, stdin=None, kinds: Iterable[str] | None = None) -> list[dict]:
-    """Every document in the given paths (``-`` is stdin), validated, in order.
+def read_named(sources: Iterable[str] | str, stdin=None, kinds: Iterable[str] | None = None) -> list[tuple[str, dict]]:
+    """(name, document) of every document in the given paths (``-`` is stdin), validated, in order; the name is
+    the one its errors carry: the path, ``<stdin>``, or ``hw.json[document 2]`` inside a stream.
 
     ``kinds``: the kinds the caller accepts; another kind is refused before its schema is checked."""
     kinds = tuple(kinds) if kinds is not None else None
-    docs = []
+    named = []
     for src in _source_list(sources):
         name = "<stdin>" if src == "-" else src
-        if src == "-":
-            text = (stdin or sys.stdin).read()
-        else:
-            try:
-                text = Path(src).read_text(encoding="utf-8-sig")
-            except FileNotFoundError:
-                raise DocumentError(name, "no such file") from None
-            except (OSError, UnicodeDecodeError) as e:
-                raise DocumentError(name, f"cannot read ({e})") from None
-        found = list(iter_json(text, name))
+        found = list(iter_json(_read_text(src, name, stdin), name))
         if not found:
             raise DocumentError(name, "no document (empty input)")
         for i, value in enumerate(found):
-            docs.append(validate(value, name if len(found) == 1 else f"{name}[document {i + 1}]", kinds))
-    return docs
+            where = name if len(found) == 1 else f"{name}[document {i + 1}]"
+            named.append((where, validate(value, where, kinds)))
+    return named
+
+
+def read_documents(sources: Iterable[str] | str, stdin=None, kinds: Iterable[str] | None = None) -> list[dict]:
+    """Every document in the given paths (``-`` is stdin), validated, in order (``read_named`` without the names)."""
+    return [doc for _, doc in read_named(sources, stdin, kinds)]
+
+
+def _read_text(src: str, name: str, stdin=None) -> str:
+    """The text of a path or of stdin ('-'), at most MAX_DOCUMENT_BYTES (so /dev/zero cannot fill the memory)."""
+    try:
+        if src == "-":
+            stream = stdin or sys.stdin
+            stream = getattr(stream, "buffer", stream)
+            data = stream.read(MAX_DOCUMENT_BYTES + 1)
+        else:
+            with open(src, "rb") as f:
+                data = f.read(MAX_DOCUMENT_BYTES + 1)
+    except FileNotFoundError:
+        raise DocumentError(name, "no such file") from None
+    except OSError as e:
+        raise DocumentError(name, f"cannot read ({e})") from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise DocumentError(name, f"more than {MAX_DOCUMENT_BYTES // 2 ** 20} MiB: not a document this reader takes")
+    if isinstance(data, str):
+        return data.removeprefix("\ufeff")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DocumentError(name, f"cannot read ({e})") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The one JSON value of a file that is no galvatron document (a Hugging Face config.json), read by the same
+    rules: its size, its nesting, no NaN or Infinity, limits.py's bounds on every number (DocumentError naming it)."""
+    name = os.fspath(path)
+    values = list(iter_json(_read_text(name, name), name))
+    if len(values) != 1:
+        raise DocumentError(name, f"expected one JSON value, got {len(values)}")
+    errors = value_errors(values[0])
+    if errors:
+        raise DocumentError(name, errors)
+    return values[0]
 
 
 def route(docs: Iterable[dict], wanted: Iterable[str], source: str = "input") -> dict[str, list[dict]]:
@@ -370,21 +495,11 @@ def producer(name: str, version: str, note: str | None = None) -> dict:
     return out
 
 
-def _assert_finite(value: Any, path: str = "$") -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise GalvatronError(f"internal error: {path} is {value} (documents carry no NaN or Infinity)")
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _assert_finite(v, _child(path, str(k)))
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _assert_finite(v, f"{path}[{i}]")
-
-
 def dumps(doc: dict) -> str:
     """Validate a document this tool produced and render it (an invalid one is a bug: GalvatronError, exit 1).
 
-    The document must be of a known kind and exactly a version this tool ships; the semantic checks apply too."""
+    The document must be of a known kind and exactly a version this tool ships, and pass every check a reader makes
+    of it (limits.py's bounds, the schema, the semantic checks): what a tool writes, the next one reads."""
     if not isinstance(doc, dict):
         raise GalvatronError(f"internal error: refusing to write {type(doc).__name__}, not a document")
     kind, version = doc.get("kind"), doc.get("schema_version")
@@ -393,8 +508,7 @@ def dumps(doc: dict) -> str:
     if not shipped:
         raise GalvatronError(f"internal error: refusing to write a document of kind {kind!r} version {version!r} "
                              f"(this tool writes {', '.join(DOCUMENT_KINDS)} at a version it ships)")
-    _assert_finite(doc)
-    errors = schema_errors(doc, kind, version) or semantic_errors(doc)
+    errors = value_errors(doc) or schema_errors(doc, kind, version) or semantic_errors(doc)
     if errors:
         raise GalvatronError(f"internal error: refusing to write an invalid {kind}:\n  " + "\n  ".join(errors))
     return json.dumps(doc, indent=1, allow_nan=False) + "\n"
@@ -409,9 +523,37 @@ def _new_file_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+_NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISFIFO, "a pipe"), (stat.S_ISSOCK, "a socket"))
+
+
+def output_path(path: str | os.PathLike) -> Path:
+    """The file an output path names: a regular file or none yet (a symbolic link: the file it points to).
+
+    Anything else (a directory, a device such as /dev/full, a pipe) is refused, UsageError (exit 2): an atomic
+    write would replace it with a file. A command checks its -o with this before it works, and the writer again."""
     path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return path
+    except NotADirectoryError:
+        raise UsageError(f"{path}: not a file path (a part of it is a file, not a directory)") from None
+    except OSError as e:
+        raise GalvatronError(f"cannot write {path}: {e.strerror or e}") from None
+    what = next((name for test, name in _NOT_REGULAR if test(mode)), None)
+    if what or not stat.S_ISREG(mode):
+        raise UsageError(f"{path}: not a regular file ({what or 'a special file'}); give a file path, or '-' for "
+                         f"stdout")
+    return Path(os.path.realpath(path))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part.
+
+    The target must be a regular file or not exist yet (``output_path``, exit 2); a failed write is GalvatronError
+    (exit 1) and leaves nothing behind."""
+    path = output_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -434,15 +576,30 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def write_document(doc: dict, path: str | os.PathLike | None = "-", stream=None) -> None:
-    """Validate, then write to ``path`` atomically, or to stdout (``-`` or None)."""
-    text = dumps(doc)
-    if path is None or path == "-":
-        out = stream or sys.stdout
+def write_text(text: str, path: str | os.PathLike | None = "-", stream=None) -> None:
+    """``text`` to ``path`` atomically, or to stdout (``-`` or None); a failed write is one GalvatronError (exit 1).
+
+    When stdout itself fails (disk full, the reader of a pipe gone), stdout is pointed at the null device so that
+    the interpreter's own flush at exit does not fail a second time with a traceback."""
+    if path is not None and path != "-":
+        atomic_write_text(path, text)
+        return
+    out = stream or sys.stdout
+    try:
         out.write(text)
         out.flush()
-    else:
-        atomic_write_text(path, text)
+    except OSError as e:
+        if out is sys.stdout:
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):  # not a real file descriptor (a test's captured stdout)
+                pass
+        raise GalvatronError(f"cannot write to stdout: {e.strerror or e}") from None
+
+
+def write_document(doc: dict, path: str | os.PathLike | None = "-", stream=None) -> None:
+    """Validate, then write to ``path`` atomically, or to stdout (``-`` or None)."""
+    write_text(dumps(doc), path, stream)
 
 
 # --- command-line edge -----------------------------------------------------------------------------------------

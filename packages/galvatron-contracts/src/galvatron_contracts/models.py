@@ -5,13 +5,13 @@ A spec is the ``model-spec`` schema's object.
     spec = load_model_spec("llama2-7b")            # a preset
     spec = load_model_spec("path/to/config.json")  # GPT-2 or LLaMA keys, read as plain JSON
     param_count(spec)                               # 6_738_415_616
+    spec_differences(plan["model"], cost_model["model"])   # [] when both are of one model
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .documents import DocumentError, UsageError, model_spec_errors, schema_errors
+from .documents import DocumentError, UsageError, load_schema, model_spec_errors, read_json, schema_errors
 
 
 def _gpt2(name, layers, hidden, heads, vocab=50257, seq=1024, tied=True):
@@ -49,6 +49,15 @@ def check_model_spec(spec: dict, source: str = "model spec") -> dict:
     if errors:
         raise DocumentError(source, errors)
     return spec
+
+
+def spec_differences(spec: dict, other: dict, other_name: str = "other") -> list[str]:
+    """'key a (<other_name> b)' for every field in which two specs differ, the schema's defaults filled in;
+    ``source`` (where a spec was read from, not what it is) is left out."""
+    defaults = {k: v["default"] for k, v in load_schema("model-spec", "1.0")["properties"].items() if "default" in v}
+    a, b = {**defaults, **spec}, {**defaults, **other}
+    return [f"{key} {a.get(key)!r} ({other_name} {b.get(key)!r})" for key in sorted(set(a) | set(b))
+            if key != "source" and a.get(key) != b.get(key)]
 
 
 # spec field <- Hugging Face config.json key, per family (to name the config's key in an error)
@@ -127,12 +136,7 @@ def load_model_spec(name_or_path: str) -> dict:
     if path.suffix != ".json" and not path.is_file():
         raise UsageError(f"unknown model {str(name_or_path)!r}: expected a preset ({', '.join(PRESETS)}) "
                          f"or the path of a Hugging Face config.json")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise DocumentError(str(path), "no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DocumentError(str(path), f"cannot read a JSON config ({e})") from None
+    config = read_json(path)
     if not isinstance(config, dict):
         raise DocumentError(str(path), "$: expected a JSON object")
     name = path.parent.name if path.name == "config.json" and path.parent.name else path.stem

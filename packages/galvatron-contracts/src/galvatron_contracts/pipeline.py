@@ -1,10 +1,13 @@
-"""Pipeline rules every tool shares: micro-batches in flight per stage, and the even layer split.
+"""Pipeline rules every tool shares: micro-batches in flight per stage, the even layer split, divisors.
 
     in_flight("1f1b", 0, 4, 8)      # 4: stage 0 of 4 holds 4 micro-batches of activations at its peak
     in_flight("gpipe", 0, 4, 8)     # 8: GPipe runs every forward before the first backward
     even_split(10, 4)               # [3, 3, 2, 2]
+    divisors(12)                    # [1, 2, 3, 4, 6, 12]: the pipeline degrees of 12 ranks, the micro-batch sizes
 """
 from __future__ import annotations
+
+import math
 
 SCHEDULES = ("1f1b", "gpipe")
 
@@ -34,3 +37,9 @@ def even_split(layers: int, stages: int) -> list[int]:
         raise ValueError(f"expected layers >= 0 and stages >= 1, got {layers} layers over {stages} stages")
     base, extra = divmod(layers, stages)
     return [base + (1 if k < extra else 0) for k in range(stages)]
+
+
+def divisors(n: int) -> list[int]:
+    """The divisors of n >= 1 in increasing order, in O(sqrt(n)) steps (pipeline degrees, micro-batch sizes)."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]

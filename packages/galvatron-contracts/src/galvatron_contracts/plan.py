@@ -20,7 +20,8 @@ Exit 3 (``plan_errors``, ``Plan.parse``): the plan is wrong in any world.
 Exit 4 (``check_world``): a sound plan for another world: its world_size is not that of the launch.
 
 Every plan a tool reads or writes passes ``plan_errors`` (documents.semantic_errors), so a plan from ``read_one``
-has passed them already; ``Plan.parse`` checks a plan dict a tool built or changed, and types it.
+has passed them already; ``Plan.parse`` checks a plan dict a tool built or changed (documents.semantic_errors: the
+count bounds of limits.py first, then the model spec and ``plan_errors``), and types it.
 """
 from __future__ import annotations
 
@@ -135,9 +136,9 @@ class Plan:
     @classmethod
     def parse(cls, doc: dict, source: str = "plan") -> Plan:
         """The typed plan of a schema-valid plan document; DocumentError (exit 3) naming every fault."""
-        from .documents import DocumentError, model_spec_errors
+        from .documents import DocumentError, semantic_errors
 
-        errors = model_spec_errors(doc["model"], "$.model") or plan_errors(doc)
+        errors = semantic_errors(doc)
         if errors:
             raise DocumentError(source, errors)
         doc = copy.deepcopy(doc)
@@ -274,10 +275,16 @@ def _strategy_errors(path: str, kind: str, s: dict, size: int, listed: set, plan
         errors.append(f"{path}.dp: micro_batch_size {b} is not divisible by dp {dp}")
     if s["sp"] and tp > 1 and seq % tp:
         errors.append(f"{path}.sp: seq_len {seq} is not divisible by tp {tp}")
-    if kind == "decoder":
-        errors += [f"{path}.tp: the model's {key} {spec[key]} is not divisible by tp {tp}"
-                   for key in ("heads", "kv_heads", "ffn_hidden") if spec[key] % tp]
-    elif vocab_shard(spec["vocab_size"], tp, tp - 1)[1] == 0:
-        errors.append(f"{path}.tp: vocab_size {spec['vocab_size']} does not split over tp {tp} (shards of "
-                      f"{-(-spec['vocab_size'] // tp)} leave the last tp rank none)")
-    return errors
+    return errors + tp_errors(f"{path}.tp", kind, tp, spec)
+
+
+def tp_errors(path: str, layer: str, tp: int, spec: dict) -> list[str]:
+    """A layer's tp degree against the model (``path`` names it): a decoder's divides heads, kv_heads and
+    ffn_hidden; an embedding's or a head's leaves every tp rank a part of the vocabulary (``vocab_shard``)."""
+    if layer == "decoder":
+        return [f"{path}: the model's {key} {spec[key]} is not divisible by tp {tp}"
+                for key in ("heads", "kv_heads", "ffn_hidden") if spec[key] % tp]
+    if vocab_shard(spec["vocab_size"], tp, tp - 1)[1] == 0:
+        return [f"{path}: vocab_size {spec['vocab_size']} does not split over tp {tp} (shards of "
+                f"{-(-spec['vocab_size'] // tp)} leave the last tp rank none)"]
+    return []

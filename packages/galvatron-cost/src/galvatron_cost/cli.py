@@ -14,13 +14,16 @@ import time
 
 import click
 
-from galvatron_contracts.documents import DocumentError, exits_cleanly, read_documents, route, write_document
+from galvatron_contracts.documents import DocumentError, exits_cleanly, output_path, read_named, write_document
+from galvatron_contracts.limits import MAX_MEMORY_GIB, MAX_RANKS, MAX_SEQ
 from galvatron_contracts.models import load_model_spec
+from galvatron_contracts.options import Finite
 
 from . import __version__
 from .costmodel import fit as fit_documents
 from .explain import explain
 
+PROFILES = ("hardware-profile", "model-profile")
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="galvatron-cost")
@@ -40,14 +43,17 @@ def main():
 
 @main.command("fit")
 @click.argument("docs", nargs=-1)
-@click.option("--nodes", type=click.IntRange(min=1), help="Target nodes (default: the profiled cluster's).")
-@click.option("--gpus-per-node", type=click.IntRange(min=1), help="Target ranks per node (default: profiled).")
-@click.option("--seq-len", type=click.IntRange(min=1), help="Training sequence length (default: longest profiled).")
+@click.option("--nodes", type=click.IntRange(1, MAX_RANKS), help="Target nodes (default: the profiled cluster's).")
+@click.option("--gpus-per-node", type=click.IntRange(1, MAX_RANKS),
+              help="Target ranks per node (default: profiled).")
+@click.option("--seq-len", type=click.IntRange(1, MAX_SEQ),
+              help="Training sequence length (default: longest profiled).")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), help="Compute dtype (default: the profile's).")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
-@click.option("--max-tp", type=click.IntRange(min=1), help="Largest TP degree (default: gpus per node).")
-@click.option("--max-pp", type=click.IntRange(min=1), help="Largest pipeline degree (default: the model's layers).")
-@click.option("--runtime-overhead-mib", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--max-tp", type=click.IntRange(1, MAX_RANKS), help="Largest TP degree (default: gpus per node).")
+@click.option("--max-pp", type=click.IntRange(1, MAX_RANKS),
+              help="Largest pipeline degree (default: the model's layers).")
+@click.option("--runtime-overhead-mib", type=Finite(0, MAX_MEMORY_GIB * 1024), default=0.0, show_default=True,
               help="Per-rank memory the runtime holds regardless of the plan.")
 @click.option("--model", "model_name", help="Check the model-profile is of this preset or config.json (exit 3).")
 @click.option("--explain", "show", is_flag=True, help="Print the fits and a few strategies' costs on stderr.")
@@ -73,17 +79,21 @@ def fit_cmd(docs, nodes, gpus_per_node, seq_len, dtype, optimizer, max_tp, max_p
     Profiles of 2 nodes priced for 128 nodes of 8 ranks, sequence length 2048:
         galvatron-cost fit hw.json model.json --nodes 128 --gpus-per-node 8 --seq-len 2048 -o cost.json
     """
+    if output != "-":
+        output_path(output)
     sources = list(docs) or ["-"]
-    by_kind = route(read_documents(sources), ["hardware-profile", "model-profile"], ", ".join(sources))
-    for kind, found in by_kind.items():
-        if len(found) != 1:
-            raise DocumentError(", ".join(sources), f"expected exactly one {kind} document, got {len(found)}")
+    named = read_named(sources, kinds=PROFILES)
+    found = {kind: [(name, doc) for name, doc in named if doc["kind"] == kind] for kind in PROFILES}
+    for kind in PROFILES:
+        if len(found[kind]) != 1:
+            raise DocumentError(", ".join(sources), f"expected exactly one {kind} document, got {len(found[kind])}")
+    (hw_name, hw), (mp_name, mp) = found["hardware-profile"][0], found["model-profile"][0]
     model = load_model_spec(model_name) if model_name else None
     start = time.perf_counter()
-    doc = fit_documents(by_kind["hardware-profile"][0], by_kind["model-profile"][0], nodes=nodes,
-                        gpus_per_node=gpus_per_node, seq_len=seq_len, dtype=dtype, optimizer=optimizer,
-                        max_tp=max_tp, max_pp=max_pp, runtime_overhead_bytes=int(runtime_overhead_mib * 2**20),
-                        model=model)
+    doc = fit_documents(hw, mp, nodes=nodes, gpus_per_node=gpus_per_node, seq_len=seq_len, dtype=dtype,
+                        optimizer=optimizer, max_tp=max_tp, max_pp=max_pp,
+                        runtime_overhead_bytes=int(runtime_overhead_mib * 2**20), model=model,
+                        sources={"hardware-profile": hw_name, "model-profile": mp_name})
     elapsed = time.perf_counter() - start
     write_document(doc, output)
     if show:

@@ -50,6 +50,7 @@ from galvatron_contracts.ranks import rank_groups, stage_ranks
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 BETA_FLOOR = 1e-18      # s/byte: keeps a fitted bandwidth finite (1e9 GB/s)
+TIME_FLOOR_S = 1e-9     # a measured time of 0 (below the timer's resolution) counts as 1 ns in relative residuals
 
 
 def wire_factor(op: str, n: int) -> float:
@@ -84,7 +85,7 @@ def quality(pred: np.ndarray, measured: np.ndarray) -> dict:
         r2 = 1.0 - ss_res / ss_tot
     else:
         r2 = 1.0 if ss_res <= 1e-24 else 0.0
-    rel = np.abs(pred / np.maximum(measured, 1e-300) - 1.0)
+    rel = np.abs(pred / np.maximum(measured, TIME_FLOOR_S) - 1.0)
     return {"r2": float(min(r2, 1.0)), "max_rel_residual": float(rel.max()) if rel.size else 0.0,
             "median_rel_residual": float(np.median(rel)) if rel.size else 0.0, "points": int(measured.size)}
 
@@ -147,17 +148,16 @@ def groups_topology(groups: np.ndarray, gpus_per_node: int) -> Topology:
     groups = np.atleast_2d(np.asarray(groups, dtype=np.int64))
     ng, n = groups.shape
     nodes = groups // gpus_per_node
-    lo = int(nodes.min())
-    nodes = nodes - lo
-    nn = int(nodes.max()) + 1
-    counts = np.bincount((np.arange(ng)[:, None] * nn + nodes).ravel(), minlength=ng * nn).reshape(ng, nn)
-    present = counts > 0
-    spans = present.sum(axis=1)
-    crossing = spans > 1
+    radix = int(nodes.max()) + 1
+    # the (group, node) pairs present and their rank counts: O(ranks), never a groups x nodes table
+    pairs, counts = np.unique(np.arange(ng)[:, None] * radix + nodes, return_counts=True)
+    group, node = np.divmod(pairs, radix)
+    spans = np.bincount(group, minlength=ng)
+    crossing = spans[group] > 1
     if crossing.any():
-        sharing = int(present[crossing].sum(axis=0).max())
+        sharing = int(np.bincount(node[crossing]).max())
         return Topology(n, int(spans.max()), int(counts[crossing].max()), max(sharing, 1))
-    return Topology(n, 1, n, max(int(present.sum(axis=0).max()), 1))
+    return Topology(n, 1, n, max(int(np.bincount(node).max()), 1))
 
 
 def strided_groups(world: int, n: int, stride: int, count: int | None = None) -> np.ndarray:

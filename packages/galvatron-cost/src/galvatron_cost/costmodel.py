@@ -27,7 +27,10 @@ from collections import OrderedDict
 import numpy as np
 
 from galvatron_contracts.documents import CURRENT_VERSION, DocumentError, UsageError, digest, producer
+from galvatron_contracts.limits import MAX_RANKS
 from galvatron_contracts.names import strategy_name
+from galvatron_contracts.pipeline import divisors
+from galvatron_contracts.plan import tp_errors
 from galvatron_contracts.ranks import stage_ranks
 
 from . import __version__
@@ -52,23 +55,27 @@ def _add(*lins: tuple[float, float]) -> tuple[float, float]:
     return sum(x[0] for x in lins), sum(x[1] for x in lins)
 
 
-def check_model(spec: dict, asked: dict | None) -> None:
+def check_model(spec: dict, asked: dict | None, source: str = MP) -> None:
     if asked is None:
         return
     diffs = [f"{k} {spec.get(k)!r} (asked {asked.get(k)!r})" for k in ARCH_KEYS if spec.get(k) != asked.get(k)]
     if diffs:
-        raise DocumentError(MP, f"$.model: profiled for model {spec['name']!r}, not the asked {asked['name']!r}: "
+        raise DocumentError(source, f"$.model: profiled for model {spec['name']!r}, not the asked {asked['name']!r}: "
                                 + ", ".join(diffs))
 
 
 class Builder:
-    """Holds the fitted models and the target settings; `document()` evaluates every strategy."""
+    """Holds the fitted models and the target settings; `document()` evaluates every strategy.
+
+    ``sources``: the names of the two profiles (their files) for the errors, by kind."""
 
     def __init__(self, hw: dict, mp: dict, *, nodes=None, gpus_per_node=None, seq_len=None, dtype=None,
-                 optimizer="adamw", max_tp=None, max_pp=None, runtime_overhead_bytes=0, model=None):
+                 optimizer="adamw", max_tp=None, max_pp=None, runtime_overhead_bytes=0, model=None, sources=None):
         self.hw, self.mp = hw, mp
+        names = {HW: HW, MP: MP, **(sources or {})}
+        self.hw_source, self.mp_source = names[HW], names[MP]
         self.spec = mp["model"]
-        check_model(self.spec, model)
+        check_model(self.spec, model, self.mp_source)
         self.notes: list[str] = []
         hcl = hw["cluster"]
         self.nodes = int(nodes or hcl["nodes"])
@@ -76,6 +83,9 @@ class Builder:
         if self.nodes < 1 or self.gpn < 1:
             raise UsageError("--nodes and --gpus-per-node must be at least 1")
         self.world = self.nodes * self.gpn
+        if self.world > MAX_RANKS:
+            raise UsageError(f"the target cluster of {self.nodes} nodes x {self.gpn} ranks = {self.world} ranks: "
+                             f"expected at most {MAX_RANKS} ranks (--nodes, --gpus-per-node)")
         self.max_tp = int(max_tp or self.gpn)
         if self.max_tp < 1 or self.max_tp & (self.max_tp - 1):
             raise UsageError(f"--max-tp must be a power of two, got {self.max_tp}")
@@ -86,15 +96,16 @@ class Builder:
         settings = mp["settings"]
         self.dtype = dtype or settings["dtype"]
         if self.dtype != settings["dtype"]:
-            raise DocumentError(MP, f"$.settings.dtype: the model was profiled in {settings['dtype']}, but "
-                                    f"{self.dtype} training was asked; profile it with --dtype {self.dtype}")
+            raise DocumentError(self.mp_source,
+                                f"$.settings.dtype: the model was profiled in {settings['dtype']}, but "
+                                f"{self.dtype} training was asked; profile it with --dtype {self.dtype}")
         self.e = DTYPE_BYTES[self.dtype]
         self._index_profile()
         self.seq = int(seq_len or max(settings["seq_lens"]))
         if self.seq > self.spec["max_seq_len"]:
             raise UsageError(f"--seq-len {self.seq} exceeds the model's max_seq_len {self.spec['max_seq_len']}")
         self._check_seq()
-        self.comm = CommModel(hw, HW)
+        self.comm = CommModel(hw, self.hw_source)
         self._compute_fits()
         self._optimizer_fit()
         self.used_coll: OrderedDict[tuple[str, Topology], dict] = OrderedDict()
@@ -103,8 +114,9 @@ class Builder:
     def _check_devices(self):
         a, b = self.hw["cluster"]["device"], self.mp["settings"]["device"]
         if a["type"] != b["type"]:
-            raise DocumentError(MP, f"$.settings.device.type: the model was profiled on {b['type']} but the "
-                                    f"hardware profile is of a {a['type']} cluster")
+            raise DocumentError(self.mp_source,
+                                f"$.settings.device.type: the model was profiled on {b['type']} but the "
+                                f"hardware profile {self.hw_source} is of a {a['type']} cluster")
         if a.get("name") != b.get("name"):
             self.notes.append(f"device names differ: hardware-profile {a.get('name')!r}, "
                               f"model-profile {b.get('name')!r}")
@@ -115,8 +127,9 @@ class Builder:
             self.entries[e["layer"]][e["tp"]] = e
         for k in LAYERS:
             if 1 not in self.entries[k]:
-                raise DocumentError(MP, f"$.layers: no {k!r} entry with tp=1; every other TP degree is derived "
-                                        f"from it, so the profile must include tp=1")
+                raise DocumentError(self.mp_source,
+                                    f"$.layers: no {k!r} entry with tp=1; every other TP degree is derived "
+                                    f"from it, so the profile must include tp=1")
 
     def _check_seq(self):
         s = self.seq
@@ -124,13 +137,15 @@ class Builder:
             for tp, e in self.entries[k].items():
                 lens = sorted({r["seq_len"] for r in e["timings"]})
                 if s not in lens and len(lens) < 2:
-                    raise DocumentError(MP, f"$.layers[{k} tp={tp}].timings: seq_len {s} was not profiled "
-                                            f"(only {lens}) and one length cannot be extrapolated; profile it "
-                                            f"with --seq-len {s} (or several lengths)")
+                    raise DocumentError(self.mp_source,
+                                        f"$.layers[{k} tp={tp}].timings: seq_len {s} was not profiled "
+                                        f"(only {lens}) and one length cannot be extrapolated; profile it "
+                                        f"with --seq-len {s} (or several lengths)")
                 mlens = sorted({m["seq_len"] for m in e["memory"]})
                 if s not in mlens and len(mlens) < 2:
-                    raise DocumentError(MP, f"$.layers[{k} tp={tp}].memory: seq_len {s} was not profiled "
-                                            f"(only {mlens}) and one length cannot be extrapolated")
+                    raise DocumentError(self.mp_source,
+                                        f"$.layers[{k} tp={tp}].memory: seq_len {s} was not profiled "
+                                        f"(only {mlens}) and one length cannot be extrapolated")
                 if s not in lens or s not in mlens:
                     self.notes.append(f"{k} tp={tp}: seq_len {s} extrapolated from profiled lengths {lens}")
 
@@ -234,14 +249,16 @@ class Builder:
 
     # --- pipelines --------------------------------------------------------------------------------------------
     def tp_allowed(self, t: int) -> bool:
-        return self.spec["heads"] % t == 0 and self.spec["kv_heads"] % t == 0
+        """A tp every layer kind can split (a plan's rule: galvatron_contracts.plan.tp_errors)."""
+        return not any(tp_errors("tp", layer, t, self.spec) for layer in ("decoder", "embedding"))
 
     def pipeline(self, pp: int) -> dict:
         S = self.world // pp
         G = self.gpn
         firsts = [stage_ranks(self.world, pp, k)[0] for k in range(pp)]     # each stage's first global rank
         offsets = sorted({r % G for r in firsts})                          # the topologies depend on r mod G
-        layouts = enumerate_layouts(S, self.max_tp, self.tp_allowed)
+        layouts = [lay for lay in enumerate_layouts(S, self.max_tp, self.tp_allowed)
+                   if not lay.sp or self.seq % lay.tp == 0]           # sp splits the sequence over tp
         where = f" (pp={pp}, {S} ranks per stage on {self.nodes}x{G})"
         topo_cache: dict = {}
 
@@ -395,7 +412,7 @@ class Builder:
 
     # --- the document -----------------------------------------------------------------------------------------
     def document(self) -> dict:
-        pps = [p for p in range(1, self.world + 1) if self.world % p == 0 and p <= self.max_pp]
+        pps = [p for p in divisors(self.world) if p <= self.max_pp]
         pipelines, p2p_fits = [], []
         for pp in pps:
             doc, p2p = self.pipeline(pp)
@@ -477,7 +494,8 @@ def fit(hardware_profile: dict, model_profile: dict, **settings) -> dict:
 
     settings: nodes, gpus_per_node (default: the profiled cluster), seq_len (default: the longest profiled),
     dtype (default: the profile's), optimizer ('adamw'), max_tp (default: gpus_per_node), max_pp (default: the
-    model's layers), runtime_overhead_bytes (0), model (a model spec to check the profile against)."""
+    model's layers), runtime_overhead_bytes (0), model (a model spec to check the profile against), sources (the
+    profiles' file names by kind, for the errors)."""
     return Builder(hardware_profile, model_profile, **settings).document()
 
 

@@ -21,10 +21,13 @@ import click
 from galvatron_contracts.documents import (
     GalvatronError,
     UsageError,
-    atomic_write_text,
     exits_cleanly,
+    output_path,
     write_document,
+    write_text,
 )
+from galvatron_contracts.limits import MAX_BATCH, MAX_RANKS, MAX_REPEATS, MAX_SEQ, MAX_TIMEOUT_S
+from galvatron_contracts.options import Finite
 
 from . import __version__
 
@@ -47,9 +50,12 @@ class Bytes(click.ParamType):
 
 
 class IntList(click.ParamType):
-    """Comma-separated positive integers: 1,2,4."""
+    """Comma-separated positive integers up to ``maximum`` (limits.py): 1,2,4."""
 
     name = "ints"
+
+    def __init__(self, maximum: int):
+        self.maximum = maximum
 
     def convert(self, value, param, ctx):
         if isinstance(value, list):
@@ -58,8 +64,8 @@ class IntList(click.ParamType):
             out = [int(v) for v in str(value).split(",") if v.strip()]
         except ValueError:
             self.fail(f"expected comma-separated integers like 1,2,4, got {value!r}", param, ctx)
-        if not out or min(out) < 1:
-            self.fail(f"expected positive integers, got {value!r}", param, ctx)
+        if not out or min(out) < 1 or max(out) > self.maximum:
+            self.fail(f"expected positive integers up to {self.maximum}, got {value!r}", param, ctx)
         return out
 
 
@@ -75,6 +81,7 @@ def _check_output(output: str) -> None:
         raise UsageError(f"-o {output}: {parent} is not a directory")
     if not os.access(parent, os.W_OK):
         raise UsageError(f"-o {output}: {parent} is not writable")
+    output_path(output)                 # a device or a pipe: exit 2
 
 
 def _write(result: dict | str | None, output: str) -> None:
@@ -84,10 +91,8 @@ def _write(result: dict | str | None, output: str) -> None:
     try:
         if isinstance(result, dict):
             write_document(result, output)
-        elif output == "-":
-            click.echo(result)
         else:
-            atomic_write_text(output, result + "\n")
+            write_text(result + "\n", output)
     except OSError as e:
         raise GalvatronError(f"-o {output}: cannot write the result ({e})") from None
 
@@ -97,12 +102,13 @@ _OUTPUT = click.option("-o", "--output", default="-", show_default=True, help="O
 
 def _common(fn):
     for opt in reversed([
-        click.option("--nproc", type=click.IntRange(min=1), default=None,
+        click.option("--nproc", type=click.IntRange(1, MAX_RANKS), default=None,
                      help="Launch N local ranks (torch's launcher). Leave out under torchrun."),
         click.option("--quick", is_flag=True, help="A reduced sweep (tests, quickstart)."),
-        click.option("--warmup", type=click.IntRange(min=0), default=None, help="Warm-up iterations per point."),
-        click.option("--repeats", type=click.IntRange(min=1), default=None, help="Timed repeats per point."),
-        click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=60.0, show_default=True,
+        click.option("--warmup", type=click.IntRange(0, MAX_REPEATS), default=None,
+                     help="Warm-up iterations per point."),
+        click.option("--repeats", type=click.IntRange(1, MAX_REPEATS), default=None, help="Timed repeats per point."),
+        click.option("--timeout", "timeout_s", type=Finite(1, MAX_TIMEOUT_S), default=60.0, show_default=True,
                      help="Process-group timeout in seconds: a stuck collective fails after this long."),
         click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (rank 0)."),
         _OUTPUT,
@@ -135,9 +141,9 @@ def main():
 @click.option("--min-bytes", type=Bytes(), default=None, help="Smallest message (default 4KiB).")
 @click.option("--max-bytes", type=Bytes(), default=None,
               help="Largest message (default 32MiB on CPU, 256MiB on GPU, 1MiB with --quick).")
-@click.option("--group-sizes", type=IntList(), default=None,
+@click.option("--group-sizes", type=IntList(MAX_RANKS), default=None,
               help="Group sizes to probe (default: every power of two dividing the world).")
-@click.option("--gpus-per-node", "ranks_per_node", type=click.IntRange(min=1), default=None,
+@click.option("--gpus-per-node", "ranks_per_node", type=click.IntRange(1, MAX_RANKS), default=None,
               help="Ranks per node (default: LOCAL_WORLD_SIZE, or --nproc).")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @_common
@@ -164,9 +170,10 @@ def bandwidth(nproc, backend, quick, no_overlap, min_bytes, max_bytes, group_siz
 
 @main.command()
 @click.option("--model", required=True, help="A preset name (tiny-gpt, llama2-7b, ...) or a config.json path.")
-@click.option("--seq-len", "seq_lens", type=IntList(), default=None, help="Sequence lengths (default: max_seq_len).")
-@click.option("--micro-batch-sizes", type=IntList(), default=None, help="Default 1,2,4 (--quick: 1,2).")
-@click.option("--tp", "tp_degrees", type=IntList(), default=None,
+@click.option("--seq-len", "seq_lens", type=IntList(MAX_SEQ), default=None,
+              help="Sequence lengths (default: max_seq_len).")
+@click.option("--micro-batch-sizes", type=IntList(MAX_BATCH), default=None, help="Default 1,2,4 (--quick: 1,2).")
+@click.option("--tp", "tp_degrees", type=IntList(MAX_RANKS), default=None,
               help="TP shard degrees (default: powers of two up to 8 that the model allows).")
 @click.option("--layers", default=None, help="Comma-separated layer kinds (default decoder,embedding,head).")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from galvatron_contracts.documents import validate
+from galvatron_contracts.limits import MAX_MEMORY_GIB
 
 from .costs import CostTables
 from .document import baselines, plan_document
@@ -26,8 +27,8 @@ def search(cost_model: dict, memory_gib: float, *, with_baselines: bool = True, 
     the schema validation of a cost model already validated (the plan's search.time_s never includes it)."""
     from .errors import UsageError
 
-    if not memory_gib > 0:
-        raise UsageError(f"--memory must be positive, got {memory_gib}")
+    if not 0 < memory_gib <= MAX_MEMORY_GIB:  # also refuses nan
+        raise UsageError(f"memory_gib: expected a finite number above 0 and at most {MAX_MEMORY_GIB}, got {memory_gib}")
     if check_input:
         validate(cost_model, "cost model", "cost-model")
     t0 = time.perf_counter()

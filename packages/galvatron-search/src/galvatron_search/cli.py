@@ -15,8 +15,10 @@ import time
 
 import click
 
-from galvatron_contracts.documents import UsageError, exits_cleanly, read_one, write_document
+from galvatron_contracts.documents import UsageError, as_current, exits_cleanly, output_path, read_one, write_document
+from galvatron_contracts.limits import MAX_BATCH, MAX_MEMORY_GIB, MAX_RANKS
 from galvatron_contracts.names import plan_summary
+from galvatron_contracts.options import Finite
 
 from . import __version__
 from .costs import CostTables
@@ -57,13 +59,15 @@ def main():
 
 @main.command("search")
 @click.argument("cost_model", default="-", metavar="[COST_MODEL|-]")
-@click.option("--memory", "memory", type=float, required=True, help="Per-GPU memory budget in GiB.")
-@click.option("--global-batch", type=click.IntRange(min=1), help="Fix the global batch (default: search a range).")
-@click.option("--min-global-batch", type=click.IntRange(min=1), help="Range searched without --global-batch "
+@click.option("--memory", "memory", type=Finite(0, MAX_MEMORY_GIB, min_open=True), required=True,
+              help="Per-GPU memory budget in GiB.")
+@click.option("--global-batch", type=click.IntRange(1, MAX_BATCH), help="Fix the global batch (default: search a "
+              "range).")
+@click.option("--min-global-batch", type=click.IntRange(1, MAX_BATCH), help="Range searched without --global-batch "
               "(powers of two; default world size).")
-@click.option("--max-global-batch", type=click.IntRange(min=1), help="Default 8 x world size.")
-@click.option("--max-tp", type=click.IntRange(min=1), help="Largest tensor-parallel degree.")
-@click.option("--max-pp", type=click.IntRange(min=1), help="Largest pipeline degree.")
+@click.option("--max-global-batch", type=click.IntRange(1, MAX_BATCH), help="Default 8 x world size.")
+@click.option("--max-tp", type=click.IntRange(1, MAX_RANKS), help="Largest tensor-parallel degree.")
+@click.option("--max-pp", type=click.IntRange(1, MAX_RANKS), help="Largest pipeline degree.")
 @click.option("--no-recompute", is_flag=True, help="Never recompute activations.")
 @click.option("--dp-only", is_flag=True, help="Data parallel only (tp 1), pipeline still searched unless --max-pp 1.")
 @click.option("--sharding", "shardings", multiple=True, type=click.Choice(["ddp", "zero2", "zero3"]),
@@ -94,11 +98,11 @@ def search_cmd(cost_model, memory, global_batch, min_global_batch, max_global_ba
     The Megatron-style baseline: one strategy for every layer, layers split evenly:
         galvatron-search --memory 32 cost.json --uniform --schedule 1f1b -o uniform.json
     """
-    if not memory > 0:
-        raise UsageError(f"--memory must be positive, got {memory}")
+    if output != "-":
+        output_path(output)
     cm = read_one(cost_model, "cost-model")
     t0 = time.perf_counter()
-    tables = CostTables(cm)
+    tables = CostTables(cm, _name(cost_model))
     opts = Options(memory_bytes=memory * 2 ** 30, global_batch=global_batch, min_global_batch=min_global_batch,
                    max_global_batch=max_global_batch, max_tp=max_tp, max_pp=max_pp, recompute=not no_recompute,
                    dp_only=dp_only, uniform=uniform, buckets=buckets,
@@ -136,16 +140,22 @@ def evaluate_cmd(plan, cost_model, explain, output):
     """
     if plan == "-" and cost_model == "-":
         raise UsageError("only one of PLAN and COST_MODEL can be stdin")
+    if output != "-":
+        output_path(output)
     doc = read_one(plan, "plan")
-    cm = read_one(cost_model, "cost-model")
-    tables = CostTables(cm)
-    spec = plan_spec(doc, tables, "<stdin>" if plan == "-" else plan)
-    doc = dict(doc)
+    tables = CostTables(read_one(cost_model, "cost-model"), _name(cost_model))
+    spec = plan_spec(doc, tables, _name(plan))
+    doc = as_current(doc, _name(plan))
     doc["predictions"] = predictions(tables, spec, evaluate_spec(tables, spec))
     if explain:
         click.echo(explain_text(doc), err=True)
     write_document(doc, output)
     done(doc, output, "evaluated")
+
+
+def _name(path: str) -> str:
+    """How messages name an input: its path, or <stdin>."""
+    return "<stdin>" if path == "-" else path
 
 
 def done(plan: dict, output: str, what: str) -> None:

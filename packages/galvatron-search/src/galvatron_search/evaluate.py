@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from galvatron_contracts.models import spec_differences
 from galvatron_contracts.pipeline import in_flight
 from galvatron_contracts.plan import Plan, Strategy, check_world
 from galvatron_contracts.ranks import canonical_layout
@@ -155,15 +156,15 @@ def predictions(tables: CostTables, spec: Spec, result: dict) -> dict:
 
 # --- a plan document -> Spec -----------------------------------------------------------------------------------
 
-def _strategy_row(pipe, kind: str, s: Strategy, where: str) -> int:
+def _strategy_row(pipe, kind: str, s: Strategy, where: str, cost_model: str) -> int:
     key = (s.tp, canonical_layout(s.tp, s.tp_layout, pipe.stage_ranks), s.sp, s.dp)
     lay = pipe.layout_index.get(key)
     if lay is None:
-        raise InfeasibleError(f"{where}: the cost model has no layout tp={s.tp} {key[1]} sp={s.sp} dp={s.dp} "
-                              f"for pp={pipe.pp}")
+        raise InfeasibleError(f"{where}: the cost model {cost_model} has no layout tp={s.tp} {key[1]} sp={s.sp} "
+                              f"dp={s.dp} for pp={pipe.pp}")
     row = pipe.strategy_index.get((kind, lay, s.dp_sharding, s.recompute))
     if row is None:
-        raise InfeasibleError(f"{where}: the cost model has no {kind} strategy with layout "
+        raise InfeasibleError(f"{where}: the cost model {cost_model} has no {kind} strategy with layout "
                               f"{pipe.layouts[lay]['id']}, {s.dp_sharding}, recompute={s.recompute}")
     return row
 
@@ -171,33 +172,33 @@ def _strategy_row(pipe, kind: str, s: Strategy, where: str) -> int:
 def plan_spec(plan: dict, tables: CostTables, source: str = "plan") -> Spec:
     """Map a plan onto the cost model's strategy rows.
 
-    The plan's own faults are galvatron_contracts.plan's (DocumentError, exit 3); a plan for another cluster, model
-    or sequence length than the cost model's, or one using what the cost model does not price, is InfeasibleError
-    (exit 4)."""
+    The plan's own faults are galvatron_contracts.plan's (DocumentError, exit 3: the checks every tool makes of a
+    plan); a plan for another cluster, model (any field of the spec) or sequence length than the cost model's, or
+    one using what the cost model does not price, is InfeasibleError (exit 4)."""
     typed = Plan.parse(plan, source)
-    cm = tables.doc
-    check_world(typed, cm["cluster"]["world_size"], source, world="the cost model's cluster")
+    cm, cm_name = tables.doc, tables.source
+    check_world(typed, cm["cluster"]["world_size"], source, world=f"the cluster of the cost model {cm_name}")
     for key in ("nodes", "gpus_per_node"):
         if getattr(typed, key) != cm["cluster"][key]:
-            raise InfeasibleError(f"{source}: $.cluster.{key} is {getattr(typed, key)}, the cost model's cluster "
-                                  f"has {cm['cluster'][key]}")
-    for key in ("layers", "hidden", "vocab_size"):
-        if typed.model[key] != cm["model"][key]:
-            raise InfeasibleError(f"{source}: $.model.{key} is {typed.model[key]}, the cost model's model has "
-                                  f"{cm['model'][key]}")
+            raise InfeasibleError(f"{source}: $.cluster.{key} is {getattr(typed, key)}, the cluster of the cost "
+                                  f"model {cm_name} has {cm['cluster'][key]}")
+    differences = spec_differences(typed.model, cm["model"], "the cost model's")
+    if differences:
+        raise InfeasibleError(f"{source}: $.model: another model than that of the cost model {cm_name}: "
+                              + ", ".join(differences))
     if typed.seq_len != cm["training"]["seq_len"]:
         raise InfeasibleError(f"{source}: $.training.seq_len {typed.seq_len} differs from the cost "
-                              f"model's {cm['training']['seq_len']}")
+                              f"model {cm_name}'s {cm['training']['seq_len']}")
     if typed.pp not in tables.pipes:
-        raise InfeasibleError(f"{source}: pipeline degree {typed.pp} is not in the cost model "
+        raise InfeasibleError(f"{source}: pipeline degree {typed.pp} is not in the cost model {cm_name} "
                               f"(it has {sorted(tables.pipes)})")
     pipe = tables.pipeline(typed.pp)
     for st in typed.stages[1:-1]:
         if not st.layers:
             raise InfeasibleError(f"{source}: $.stages[{st.index}]: a middle stage without decoder layers")
-    dec = [_strategy_row(pipe, "decoder", s, f"{source}: $.layers[{j}]") for j, s in enumerate(typed.layers)]
-    emb = _strategy_row(pipe, "embedding", typed.embedding, f"{source}: $.embedding")
-    head = _strategy_row(pipe, "head", typed.head, f"{source}: $.head")
+    dec = [_strategy_row(pipe, "decoder", s, f"{source}: $.layers[{j}]", cm_name) for j, s in enumerate(typed.layers)]
+    emb = _strategy_row(pipe, "embedding", typed.embedding, f"{source}: $.embedding", cm_name)
+    head = _strategy_row(pipe, "head", typed.head, f"{source}: $.head", cm_name)
     return Spec(pp=typed.pp, b=typed.micro_batch_size, m=typed.micro_batches, schedule=typed.schedule,
                 bounds=[0] + [st.layer_end for st in typed.stages], dec=dec, emb=emb, head=head)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from galvatron_contracts.pipeline import even_split, in_flight
+from galvatron_contracts.pipeline import divisors, even_split, in_flight
 
 from .costs import SHARDINGS, CostTables, layer_memory, lin, units
 from .errors import GalvatronError, InfeasibleError, UsageError
@@ -571,7 +571,7 @@ def uniform_best(tables: CostTables, opts: Options, B: int, budget: float):
             continue
         pipe = tables.pipeline(p)
         bounds = [0, *itertools.accumulate(even_split(L, p))]
-        for b in [d for d in range(1, B + 1) if B % d == 0]:
+        for b in divisors(B):
             m = B // b
             ok = allowed(tables, pipe, "decoder", opts, b)
             ok_e = allowed(tables, pipe, "embedding", opts, b)
@@ -680,7 +680,7 @@ def search_batch(tables: CostTables, opts: Options, B: int, incumbent: float = I
     for p in sorted(tables.pipes):
         if p > L or (opts.max_pp is not None and p > opts.max_pp) or (opts.pp is not None and p not in opts.pp):
             continue
-        for b in [d for d in range(1, B + 1) if B % d == 0]:
+        for b in divisors(B):
             sub = prepare(tables, opts, p, b, B)
             if sub is None:
                 continue
@@ -765,8 +765,8 @@ def require(result: Result, tables: CostTables, opts: Options) -> Result:
         need = minimal_budget(tables, opts)
         gib = opts.memory_bytes / 2 ** 30
         if need is None:
-            raise InfeasibleError(f"no plan in the searched space at {gib:g} GiB per GPU, nor at any budget "
-                                  f"(the options exclude every strategy, or the batch cannot be split)")
-        raise InfeasibleError(f"no plan fits {gib:g} GiB per GPU; the smallest budget at which one exists is "
-                              f"{round_up(need / 2 ** 30)} GiB")
+            raise InfeasibleError(f"{tables.source}: no plan in the searched space at {gib:g} GiB per GPU, nor "
+                                  f"at any budget (the options exclude every strategy, or the batch cannot be split)")
+        raise InfeasibleError(f"{tables.source}: no plan fits {gib:g} GiB per GPU; the smallest budget at which "
+                              f"one exists is {round_up(need / 2 ** 30)} GiB")
     return result
