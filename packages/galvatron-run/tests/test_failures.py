@@ -260,6 +260,14 @@ def test_stop_request_without_a_process_group():
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def test_sighup_asks_for_a_stop_too():
+    before = signal.getsignal(signal.SIGHUP)  # SIG_IGN under nohup
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert stop.should_stop() and stop.requested_by == ["SIGHUP on rank 0"]
+    assert signal.getsignal(signal.SIGHUP) == before
+
+
 def test_second_signal_stops_at_once(capsys):
     # A background job of a non-interactive shell starts with SIGINT ignored; install Python's handler so the
     # handler the stop request must hand the second signal back to is known.

@@ -5,7 +5,8 @@ Modules: ``documents`` (schemas, reading, validation, routing, migration, errors
 ``options`` (the shared click option types), ``models`` (model specs, presets, Hugging Face config import,
 parameter counts), ``ranks`` (the rank layout of a plan), ``plan`` (the typed plan, parsed and checked once),
 ``pipeline`` (in-flight micro-batches per schedule, the even layer split, divisors), ``names`` (how strategies,
-layouts and plans are written in one line), ``devices`` (peak TFLOP/s, CPU name), ``isolation`` (the monorepo's
-import rules, for tests).
+layouts and plans are written in one line), ``devices`` (peak TFLOP/s, CPU name), ``launch`` (``--nproc``:
+torchrun as a subprocess, signals passed on, one outcome back), ``isolation`` (the monorepo's import rules, for
+tests).
 """
 __version__ = "1.1.0"

@@ -31,11 +31,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
+import time
 import warnings
 import zlib
 from collections.abc import Iterable, Sequence
@@ -59,6 +63,7 @@ from galvatron_contracts.documents import DocumentError, GalvatronError, UsageEr
 FORMAT = "galvatron-run checkpoint"
 FORMAT_VERSION = 1
 MARKER = "COMPLETE"
+LOCK = "LOCK"
 TRAIN_STATE = "train_state.json"
 _OPTIM = StateDictOptions(flatten_optimizer_state_dict=True)
 
@@ -293,13 +298,15 @@ def verify_checkpoint(path: str | os.PathLike, deep: bool = True, group=None) ->
     return marker
 
 
-def latest_complete(root: str | os.PathLike, deep: bool = False, group=None, quiet: bool = False) -> Path | None:
-    """The newest checkpoint under ``root`` whose marker and files check out (None if none).
+def newest_complete(root: str | os.PathLike, deep: bool = False, group=None) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint under ``root`` whose marker and files check out (None if none), and a line for each
+    newer one that does not ('step-4: damaged: ...').
 
-    Checks sizes (``deep``: also every CRC-32; ranks share the work). Incomplete or damaged checkpoints are skipped
-    with a warning on stderr. Every rank gets the same answer; collective when torch.distributed is initialised."""
+    Checks sizes (``deep``: also every CRC-32; ranks share the work). Every rank gets the same answer; collective
+    when torch.distributed is initialised."""
     rank, world = _rank_world(group)
     candidates = [str(p) for _, p in reversed(list_checkpoints(root))] if rank == 0 else None
+    skipped = []
     for path in _from_rank0(candidates, group):
         try:
             marker, problems = read_marker(path), None
@@ -309,10 +316,122 @@ def latest_complete(root: str | os.PathLike, deep: bool = False, group=None, qui
             problems = check_files(path, marker, deep, rank, world) if (deep or rank == 0) else []
         problems = sorted({p for ps in _all_gather(problems, group) for p in ps})
         if not problems:
-            return Path(path)
-        if rank == 0 and not quiet:
-            print(f"warning: skipping checkpoint {path}: {'; '.join(problems)}", file=sys.stderr)
-    return None
+            return Path(path), skipped
+        skipped.append(f"{Path(path).name}: {'; '.join(problems)}")
+    return None, skipped
+
+
+def latest_complete(root: str | os.PathLike, deep: bool = False, group=None, quiet: bool = False) -> Path | None:
+    """``newest_complete``'s checkpoint; the ones skipped are named in a warning on stderr (rank 0)."""
+    path, skipped = newest_complete(root, deep, group)
+    if _rank_world(group)[0] == 0 and not quiet:
+        for line in skipped:
+            print(f"warning: skipping checkpoint {Path(root) / line}", file=sys.stderr)
+    return path
+
+
+def nothing_to_resume(root: str | os.PathLike, skipped: list[str]) -> CheckpointError:
+    """The error (exit 3) of --resume when ``root`` holds no usable checkpoint: what is wrong with each one."""
+    root = Path(root)
+    why = ("every checkpoint in it is incomplete or damaged" if skipped else
+           "it holds no checkpoint" if root.is_dir() else "no such directory")
+    return CheckpointError(str(root), [f"nothing to resume: {why} (--resume-or-start starts from step 0 instead)",
+                                       *skipped])
+
+
+def check_resumable(root: str | os.PathLike) -> None:
+    """One process, before any rank starts: CheckpointError (exit 3) unless ``root`` holds a checkpoint whose marker
+    and file sizes check out (the ranks check every CRC-32 when they load it)."""
+    path, skipped = newest_complete(root)
+    if path is None:
+        raise nothing_to_resume(root, skipped)
+
+
+# --- one run per directory -----------------------------------------------------------------------------------------
+
+def _holder(fd: int) -> str:
+    try:
+        who = json.loads(os.pread(fd, 4096, 0))
+        return f"pid {who['pid']} on host {who['host']}, started {who['started_at']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that did not say who it is"
+
+
+def _try_lock(root: Path, wait_s: float) -> tuple[int | None, str | None]:
+    """(fd, None) when this process now holds ``root/LOCK``; (None, holder) when another one holds it. Waits up to
+    ``wait_s`` for a holder that only checks (``lock_holder``) to let go."""
+    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd, None
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = _holder(fd)
+                os.close(fd)
+                return None, holder
+            time.sleep(0.05)
+
+
+def _in_use(root, holder: str) -> UsageError:
+    return UsageError(f"--checkpoint-dir {root}: in use by another run ({holder}; lock {Path(root) / LOCK}): two runs "
+                      "would write the same step-N checkpoints; wait for it to end, or give another directory")
+
+
+def check_unlocked(root: str | os.PathLike) -> None:
+    """One process, before any rank starts: UsageError (exit 2) naming the run that holds ``root``'s lock."""
+    root = Path(root)
+    if not (root / LOCK).is_file():
+        return
+    try:
+        fd, holder = _try_lock(root, wait_s=0.25)
+    except OSError:
+        return  # an unreadable lock file: the run's own lock names the problem
+    if fd is not None:
+        os.close(fd)
+    if holder:
+        raise _in_use(root, holder)
+
+
+class DirectoryLock:
+    """``root/LOCK``, held (fcntl.flock) by rank 0 from the start of a run to its end, with the holder's host, pid
+    and start time written in it. The kernel drops a flock with the process that holds it, so a crashed run leaves
+    no lock behind (the file stays, and is taken over)."""
+
+    def __init__(self, root: str | os.PathLike, group=None):
+        self.root, self.fd = Path(root), None
+        problem = None
+        if _rank_world(group)[0] == 0:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self.fd, holder = _try_lock(self.root, wait_s=0.5)
+            except OSError as e:
+                holder, problem = None, f"--checkpoint-dir {root}: cannot lock {self.root / LOCK} ({e.strerror or e})"
+            if holder:
+                problem = str(_in_use(root, holder))
+            elif self.fd is not None:
+                me = {"host": socket.gethostname(), "pid": os.getpid(),
+                      "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+                os.ftruncate(self.fd, 0)
+                os.pwrite(self.fd, (json.dumps(me) + "\n").encode(), 0)
+        problems = [p for p in _all_gather(problem, group) if p]
+        if problems:
+            self.release()
+            raise UsageError(problems[0])
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # and with it the lock
+            self.fd = None
+
+
+def lock_directory(root: str | os.PathLike, group=None) -> DirectoryLock:
+    """Collective: rank 0 takes ``root``'s lock for the run; UsageError (exit 2) on every rank, naming the holder,
+    when another run has it. ``release()`` at the end."""
+    return DirectoryLock(root, group)
 
 
 # --- save ----------------------------------------------------------------------------------------------------------
@@ -325,7 +444,10 @@ def save_checkpoint(root: str | os.PathLike, step: int, model_parts, optimizers=
     ``model_parts``: this rank's modules (a pipeline stage's, one or several); ``optimizers``: one per part (or
     none); ``scheduler``: an LR scheduler (or a list of identical ones: the first is saved); ``data_source``: its
     ``state()`` is kept; ``extra``: JSON fields kept in train_state.json. ``keep``: afterwards delete all but the
-    newest ``keep`` complete checkpoints (and leftovers of interrupted saves)."""
+    newest ``keep`` complete checkpoints (and leftovers of interrupted saves).
+
+    A save that fails (a full disk, permissions) raises the same GalvatronError on every rank (exit 1): one line
+    naming the checkpoint and, when the device is full, the space it needs; what it wrote is removed."""
     if keep is not None and keep < 1:
         raise UsageError(f"--keep must be at least 1, got {keep}")
     parts, optims = _parts(model_parts, optimizers)
@@ -337,15 +459,12 @@ def save_checkpoint(root: str | os.PathLike, step: int, model_parts, optimizers=
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
 
-    _on_rank0(make_tmp, f"cannot create {tmp}", group)
-
     model = _merge(_model_state(parts), "model")
     state: dict[str, Any] = {"model": model, "rng": _rng_state(rank)}
     if optims:
         state["optim"] = _merge([_with_tied_names(p, sd) for p, sd in zip(parts, _optim_state(parts, optims))],
                                 "optimizer")
-    _dcp_save(state, tmp, group)
-
+    needed, free = _space(state, root, group)
     fqns = set().union(*_all_gather(sorted(model), group))
     scheds = _as_list(scheduler)
 
@@ -353,10 +472,6 @@ def save_checkpoint(root: str | os.PathLike, step: int, model_parts, optimizers=
         train_state = {"step": step, "scheduler": scheds[0].state_dict() if scheds else None,
                        "data": data_source.state() if data_source is not None else None, "extra": extra or {}}
         atomic_write_text(tmp / TRAIN_STATE, json.dumps(train_state, indent=1, allow_nan=False) + "\n")
-
-    _on_rank0(write_train_state, f"cannot write {tmp / TRAIN_STATE}", group)
-    names = sorted(p.name for p in tmp.iterdir() if p.is_file())
-    files = _checksums(tmp, names, rank, world, group)
 
     def complete():
         marker = {
@@ -375,8 +490,61 @@ def save_checkpoint(root: str | os.PathLike, step: int, model_parts, optimizers=
         if keep is not None:
             prune(root, keep)
 
-    _on_rank0(complete, f"cannot complete {final}", group)
+    try:
+        _on_rank0(make_tmp, f"cannot create {tmp}", group)
+        _dcp_save(state, tmp, group)
+        _on_rank0(write_train_state, f"cannot write {tmp / TRAIN_STATE}", group)
+        names = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        files = _checksums(tmp, names, rank, world, group)
+        _on_rank0(complete, f"cannot complete {final}", group)
+    except (dcp.CheckpointException, GalvatronError, OSError) as e:
+        if rank == 0:  # nothing complete-looking stays, and the space is given back
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (final / MARKER).is_file():
+                shutil.rmtree(final, ignore_errors=True)
+        raise GalvatronError(_save_failure(final, e, needed, free)) from None
     return final
+
+
+def _tensor_bytes(state: dict, prefix: str = "") -> dict[str, int]:
+    """{key: bytes of the whole value} of every tensor in a nested state dict (a DTensor counts its global shape)."""
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            out.update(_tensor_bytes(value, f"{prefix}{key}."))
+        elif isinstance(value, torch.Tensor):
+            out[f"{prefix}{key}"] = value.numel() * value.element_size()
+    return out
+
+
+def _space(state: dict, root: Path, group) -> tuple[int, int]:
+    """(bytes the checkpoint's tensors take, each key once over the ranks; bytes free where it goes, on rank 0):
+    the same on every rank, so that a failed save is described alike everywhere."""
+    free = None
+    if _rank_world(group)[0] == 0:
+        existing = next((p for p in [root, *root.parents] if p.exists()), Path("."))
+        free = shutil.disk_usage(existing).free
+    sizes: dict[str, int] = {}
+    gathered = _all_gather((_tensor_bytes(state), free), group)
+    for part, _ in gathered:
+        sizes.update(part)
+    return sum(sizes.values()), gathered[0][1]
+
+
+def _save_failure(final: Path, err: BaseException, needed: int, free: int) -> str:
+    """One line for a failed save: 'no space left ... needs more than X' when it is that, else the first error."""
+    errors = [exc for _, (exc, _) in sorted(err.failures.items())] if isinstance(err, dcp.CheckpointException) \
+        else [err]
+    full = free < needed or any((isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+                                or "No space left on device" in str(e) for e in errors)
+    if full:
+        return (f"cannot save checkpoint {final}: no space left on the device: it needs more than "
+                f"{needed / 2**20:.1f} MiB (its tensors alone), and {free / 2**20:.1f} MiB were free when the save "
+                "began (free some space, or give another --checkpoint-dir)")
+    first = errors[0]
+    text = (str(first).strip().splitlines() or [""])[0]
+    return f"cannot save checkpoint {final}: " + (text if isinstance(first, GalvatronError) else
+                                                  f"{type(first).__name__}: {text}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -505,10 +673,18 @@ def load_checkpoint(path: str | os.PathLike, model_parts, optimizers=(), schedul
 
 
 def resume(root: str | os.PathLike, model_parts, optimizers=(), scheduler=None, data_source=None, *,
-           plan_digest: str | None = None, group=None) -> dict | None:
+           plan_digest: str | None = None, required: bool = False, group=None) -> dict | None:
     """Load the newest complete, undamaged checkpoint under ``root`` (every file's CRC checked, the work shared by
-    the ranks; damaged ones are skipped with a warning). None when there is none: start from scratch."""
-    path = latest_complete(root, deep=True, group=group)
+    the ranks; damaged ones are skipped with a warning). None when there is none: start from scratch; with
+    ``required`` (--resume) that is ``nothing_to_resume`` instead (exit 3, naming what is wrong with each)."""
+    path, skipped = newest_complete(root, deep=True, group=group)
+    if path is None and required:
+        raise nothing_to_resume(root, skipped)
+    if _rank_world(group)[0] == 0:
+        for line in skipped:
+            print(f"warning: skipping checkpoint {Path(root) / line}", file=sys.stderr)
+        if path is None and skipped:
+            print(f"warning: {root}: no usable checkpoint: starting from step 0", file=sys.stderr)
     if path is None:
         return None
     return load_checkpoint(path, model_parts, optimizers, scheduler, data_source, plan_digest=plan_digest,
@@ -591,16 +767,16 @@ def import_model(in_file: str | os.PathLike, model_parts, group=None, strict: bo
     parts, _ = _parts(model_parts, ())
     problem, full = None, None
     if not in_file.is_file():
-        problem = f"{in_file}: no such file"
+        problem = "no such file"
     else:
         try:
             full = torch.load(in_file, map_location="cpu", mmap=True, weights_only=True)
         except Exception as e:  # noqa: BLE001 - any failure to unpickle means a damaged or foreign file
-            problem = f"{in_file}: not a readable torch.save state dict ({type(e).__name__}: {e})"
+            problem = f"not a readable torch.save state dict ({type(e).__name__}: {e})"
         plain = isinstance(full, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                for k, v in full.items())
         if full is not None and not plain:
-            problem = f"{in_file}: expected a dict of parameter name -> tensor"
+            problem = "expected a dict of parameter name -> tensor"
     _agree(problem, str(in_file), group)
 
     sds = _model_state(parts)

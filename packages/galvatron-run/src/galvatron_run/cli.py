@@ -1,22 +1,39 @@
-"""Command line of galvatron-run.
+"""Command line of galvatron-run (``galvatron-run --help`` shows these examples).
 
-    galvatron-run plan.json --nproc 4 --steps 20 --report run.json      # launches 4 local ranks itself
-    torchrun --nproc-per-node 4 -m galvatron_run plan.json --steps 20    # under torchrun
+    galvatron-run plan.json --nproc 4 --steps 20 -o run.json          # launches 4 local ranks itself
+    torchrun --nproc-per-node 4 -m galvatron_run plan.json --steps 20   # under torchrun
     galvatron-run --model tiny-gpt --tp 2 --pp 2 --dp-mode zero3 --global-batch 8 --micro-batches 4 --nproc 4
+
+The plan is checked once per process, by ``plan.checked_plan``, before data, launch or any process group. A
+document that fails the checks was refused by ``read_one`` already (exit 3); what fails them after the command
+line's overrides (``--seq-len``, ``--dtype``, global mode) is the flags' fault: exit 2. Every path the ranks will
+use is checked then too (``_check_paths``), so a bad one fails in seconds, not after the training. With ``--nproc``
+the ranks run under ``galvatron_contracts.launch``: one message and the ranks' own exit code come back, and
+SIGTERM, SIGINT or SIGHUP stops them at a step boundary (after a checkpoint).
 """
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import click
 
-from galvatron_contracts.documents import UsageError, exits_cleanly, read_one
+from galvatron_contracts.documents import DocumentError, UsageError, exits_cleanly, read_one
+from galvatron_contracts.launch import (
+    check_input_file,
+    check_output_dir,
+    check_output_file,
+    launch,
+    reports_to_launcher,
+)
+from galvatron_contracts.limits import MAX_PEAK_TFLOPS, MAX_RANKS, MAX_TIMEOUT_S
 from galvatron_contracts.models import load_model_spec
+from galvatron_contracts.options import Finite
 
 from . import __version__
-from .plan import check_plan, prepared_plan, uniform_plan
+from . import checkpoint as ckpt
+from .failures import restart_count
+from .plan import checked_plan, uniform_plan
 from .runner import LongRun, run_rank
 
 
@@ -35,18 +52,39 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def _check_paths(report_path: str | None, export_path: str | None, init_from: str | None,
+                 checkpoint_dir: str | None, resume: bool, launching: bool) -> None:
+    """The paths the ranks will use, before any rank starts (under torchrun: on every rank, before its process
+    group). An output that cannot be written exits 2, a missing input 3; a checkpoint directory another run holds
+    exits 2 (checked here in the --nproc parent, and by rank 0 for the run's life); ``resume`` (--resume without
+    --resume-or-start) with no usable checkpoint exits 3, naming what is wrong with each one."""
+    if report_path and report_path != "-":
+        check_output_file(report_path, "--report")
+    if export_path:
+        check_output_file(export_path, "--export")
+    if init_from:
+        check_input_file(init_from, "--init-from")
+    if checkpoint_dir:
+        check_output_dir(checkpoint_dir, "--checkpoint-dir")
+        if launching:
+            ckpt.check_unlocked(checkpoint_dir)
+        if resume and restart_count() == 0:
+            ckpt.check_resumable(checkpoint_dir)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("plan_path", required=False, metavar="PLAN")
-@click.option("--nproc", type=click.IntRange(1), help="Launch this many local ranks (through torch's launcher).")
+@click.option("--nproc", type=click.IntRange(1, MAX_RANKS),
+              help="Launch this many local ranks (through torch's launcher).")
 @click.option("--steps", type=click.IntRange(1), default=10, show_default=True, help="Optimizer steps.")
 @click.option("--warmup-steps", type=click.IntRange(0), default=2, show_default=True,
               help="Steps excluded from the time statistics (flagged in the report).")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), help="Override the plan's dtype.")
 @click.option("--seq-len", type=click.IntRange(1), help="Override the sequence length (<= the model's max_seq_len).")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the run-report here "
-              "(default: stdout).")
-@click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), help="Device peak for MFU.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=300.0, show_default=True,
+@click.option("-o", "--output", "--report", "report_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the run-report to FILE (default: stdout); --report is the older spelling.")
+@click.option("--peak-tflops", type=Finite(0, MAX_PEAK_TFLOPS, min_open=True), help="Device peak for MFU.")
+@click.option("--timeout", "timeout_s", type=Finite(1, MAX_TIMEOUT_S), default=300.0, show_default=True,
               help="Process-group timeout in seconds: a stalled collective fails after this long.")
 @click.option("--model", help="Global mode: a preset or config.json; builds a uniform plan (no PLAN).")
 @click.option("--tp", type=click.IntRange(1), default=1, show_default=True, help="Global mode: tensor parallel degree.")
@@ -58,13 +96,14 @@ def _without_nproc(argv: list[str]) -> list[str]:
 @click.option("--schedule", type=click.Choice(["1f1b", "gpipe"]), default="1f1b", show_default=True)
 @click.option("--global-batch", type=click.IntRange(1), help="Global mode: samples per step.")
 @click.option("--micro-batches", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--world", type=click.IntRange(1), help="Global mode: world size (default --nproc or WORLD_SIZE).")
+@click.option("--world", type=click.IntRange(1, MAX_RANKS),
+              help="Global mode: world size (default --nproc or WORLD_SIZE).")
 @click.option("--data", "data_path", type=click.Path(), help="Training data: a token file (with a PATH.json sidecar "
               "or --data-dtype), a .npy array, UTF-8 text (byte-level) or a directory with train.* and val.* "
               "(default: seeded random tokens).")
 @click.option("--data-dtype", type=click.Choice(["uint8", "uint16", "uint32"]), help="Dtype of a raw token file.")
 @click.option("--data-format", type=click.Choice(["tokens", "text", "npy"]), help="Override format detection.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+@click.option("--val-fraction", type=Finite(0, 1, max_open=True), default=0.1, show_default=True,
               help="Tail of the data held out for validation (unless a val file is given).")
 @click.option("--eval-every", type=click.IntRange(1), help="Validation loss every K steps (in the run-report).")
 @click.option("--eval-batches", type=click.IntRange(1), default=4, show_default=True,
@@ -73,20 +112,39 @@ def _without_nproc(argv: list[str]) -> list[str]:
 @click.option("--save-every", type=click.IntRange(1), help="Save every K steps (and at the end, and on SIGTERM).")
 @click.option("--keep", type=click.IntRange(1), help="Keep only the newest N complete checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --checkpoint-dir "
-              "(under any plan: the state is resharded on load).")
+              "(under any plan: the state is resharded on load); exit 3 when it holds none that is usable.")
+@click.option("--resume-or-start", is_flag=True, help="Like --resume, but start from step 0 when --checkpoint-dir "
+              "holds no usable checkpoint (e.g. every launch of a job that is requeued).")
 @click.option("--init-from", type=click.Path(dir_okay=False), help="Start from a single-file full state dict "
               "(written by --export or `python -m galvatron_run.checkpoint export`).")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False),
               help="At the end, write the model as one full (unsharded) state dict file.")
 @click.version_option(__version__, prog_name="galvatron-run")
 @exits_cleanly
+@reports_to_launcher
 def main(plan_path, nproc, steps, warmup_steps, dtype, seq_len, report_path, peak_tflops, timeout_s, model, tp, pp,
          dp_mode, recompute, sp, tp_layout, schedule, global_batch, micro_batches, world, data_path, data_dtype,
-         data_format, val_fraction, eval_every, eval_batches, checkpoint_dir, save_every, keep, resume, init_from,
-         export_path):
-    """Train with PLAN (a plan document, '-' for stdin) on torch.distributed and write a run-report."""
-    if (resume or save_every or keep) and not checkpoint_dir:
-        raise UsageError("--resume, --save-every and --keep need --checkpoint-dir")
+         data_format, val_fraction, eval_every, eval_batches, checkpoint_dir, save_every, keep, resume,
+         resume_or_start, init_from, export_path):
+    """Train with PLAN (a plan document, '-' for stdin) on torch.distributed and write a run-report.
+
+    Examples:
+
+    \b
+    A searched plan on 4 local ranks, the report in run.json:
+        galvatron-run plan.json --nproc 4 --steps 20 -o run.json
+
+    \b
+    The same under torchrun (one command per node):
+        torchrun --nproc-per-node 4 -m galvatron_run plan.json --steps 20 -o run.json
+
+    \b
+    Global mode, no PLAN: one strategy for every layer, layers split evenly:
+        galvatron-run --model tiny-gpt --tp 2 --pp 2 --dp-mode zero3 \\
+            --global-batch 8 --micro-batches 4 --nproc 4
+    """
+    if (resume or resume_or_start or save_every or keep) and not checkpoint_dir:
+        raise UsageError("--resume, --resume-or-start, --save-every and --keep need --checkpoint-dir")
     if plan_path and model:
         raise UsageError("give either PLAN or --model (global mode), not both")
     if not plan_path and not model:
@@ -95,30 +153,36 @@ def main(plan_path, nproc, steps, warmup_steps, dtype, seq_len, report_path, pea
     if model:
         if global_batch is None:
             raise UsageError("global mode needs --global-batch")
+        if sp and tp == 1:
+            raise UsageError("--sp needs --tp > 1 (sequence parallelism splits the sequence over the tp group)")
         spec = load_model_spec(model)
         plan = uniform_plan(spec, world_size, tp=tp, pp=pp, dp_mode=dp_mode, recompute=recompute, sp=sp,
                             tp_layout=tp_layout, global_batch=global_batch, micro_batches=micro_batches,
                             seq_len=seq_len, dtype=dtype or "fp32", schedule=schedule, version=__version__)
     else:
         plan = read_one(plan_path, "plan")
-    run_plan = prepared_plan(plan, dtype=dtype, seq_len=seq_len)
-    check_plan(run_plan, world_size, plan_path or "global plan")
+    launching = nproc is not None and "RANK" not in os.environ
+    if launching and plan_path == "-":
+        raise UsageError("--nproc cannot forward a plan read from stdin; give a file")
+    _check_paths(report_path, export_path, init_from, checkpoint_dir, resume and not resume_or_start, launching)
+    here = nproc if launching else int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        checked = checked_plan(plan, here, plan_path or f"the global-mode plan of --model {model}", dtype=dtype,
+                               seq_len=seq_len)
+    except DocumentError as e:  # the document itself passed read_one: what fails now comes from the flags
+        raise UsageError(str(e)) from None
+    run_plan = checked.document
     long_run = LongRun(data_path=data_path, data_dtype=data_dtype, data_format=data_format, val_fraction=val_fraction,
                        eval_every=eval_every, eval_batches=eval_batches, checkpoint_dir=checkpoint_dir,
-                       save_every=save_every, keep=keep, resume=resume, init_from=init_from, export_path=export_path)
+                       save_every=save_every, keep=keep, resume=resume or resume_or_start,
+                       resume_or_start=resume_or_start, init_from=init_from, export_path=export_path)
     data = long_run.data_source(run_plan)          # bad data exits 3 here, before any rank starts
     if eval_every and data.num_validation_batches == 0:
         raise UsageError("--eval-every needs a validation split (--data with --val-fraction > 0, or a val file)")
-    if nproc is not None and "RANK" not in os.environ:
+    if launching:
         args = _without_nproc(sys.argv[1:])
         if model and world is None:
             args += ["--world", str(nproc)]
-        if plan_path == "-":
-            raise UsageError("--nproc cannot forward a plan read from stdin; give a file")
-        env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", "1")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "galvatron_run", *args]
-        sys.exit(subprocess.call(cmd, env=env))
+        sys.exit(launch("galvatron_run", args, nproc, stop_timeout_s=timeout_s))  # the ranks get --timeout to stop
     run_rank(plan, plan_path=plan_path, steps=steps, warmup_steps=warmup_steps, dtype=dtype, report_path=report_path,
-             peak_tflops=peak_tflops, timeout_s=timeout_s, seq_len=seq_len, long_run=long_run)
+             peak_tflops=peak_tflops, timeout_s=timeout_s, seq_len=seq_len, long_run=long_run, checked=checked)

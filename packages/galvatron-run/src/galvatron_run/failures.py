@@ -1,5 +1,5 @@
-"""Rank failures: a stalled collective or a hung rank becomes a clear error naming the operation, and SIGTERM/SIGINT
-stops the run at a step boundary (after a checkpoint) instead of killing it mid-step.
+"""Rank failures: a stalled collective or a hung rank becomes a clear error naming the operation, and SIGTERM, SIGINT
+or SIGHUP stops the run at a step boundary (after a checkpoint) instead of killing it mid-step.
 
     enable_flight_recorder()                              # before init_process_group: lets errors name the collective
     init_process_group(backend, collective_timeout_s)     # dist.init_process_group, safe across torchrun restarts
@@ -15,7 +15,8 @@ rank, the phase, the pending collective (from the process group's flight recorde
 sizes) and the backend's message. A phase that outlives its timeout on a rank that is stuck (in a collective NCCL
 never returns from, or in its own compute) is ended by the watchdog thread: it prints the same description and
 every thread's stack, and exits the process with status 1 so torchrun can restart the job (``--max-restarts``),
-which then resumes from the newest complete checkpoint.
+which then resumes from the newest complete checkpoint. Under ``galvatron-run --nproc`` (galvatron_contracts.launch)
+the parent gets that message too, and passes its own SIGTERM, SIGINT or SIGHUP on to every rank as SIGTERM.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from galvatron_contracts import launch
 from galvatron_contracts.documents import GalvatronError
 
 DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
@@ -193,6 +195,7 @@ class Watchdog:
                 self.on_timeout(self.fired)
 
     def _exit(self, message: str) -> None:
+        launch.report(exit_code=CollectiveError.exit_code, message=message)
         print(f"error: {message}", file=sys.stderr, flush=True)
         try:
             faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
@@ -212,13 +215,13 @@ class Watchdog:
 
 
 class StopRequest:
-    """SIGTERM / SIGINT (on any rank, e.g. rank 0) asks the run to stop at the next step boundary.
+    """SIGTERM, SIGINT or SIGHUP (on any rank, e.g. rank 0) asks the run to stop at the next step boundary.
 
     ``should_stop()`` is collective (a tiny all_reduce): call it on every rank once per step, then save a
     checkpoint and leave the loop together. A second signal restores the default action and re-delivers itself
     (stop at once). ``requested_by`` lists '<SIGNAL> on rank <r>' after a stop."""
 
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT), group=None, device=None):
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP), group=None, device=None):
         self.group, self.device = group, device
         self.signal: str | None = None
         self.requested_by: list[str] = []
@@ -235,21 +238,22 @@ class StopRequest:
             os.kill(os.getpid(), signum)
             return
         self.signal = name
-        print(f"rank {_rank()}: {name} received: stopping after this step, with a checkpoint when one is "
-              "configured (send it again to stop at once)", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError, ValueError):  # after SIGHUP the terminal may be gone
+            print(f"rank {_rank()}: {name} received: stopping after this step, with a checkpoint when one is "
+                  "configured (send it again to stop at once)", file=sys.stderr, flush=True)
 
     def should_stop(self) -> bool:
         """True on every rank when any rank has received a stop signal (collective)."""
-        codes = {None: 0, "SIGINT": 1, "SIGTERM": 2}
+        codes = {None: 0, "SIGINT": 1, "SIGTERM": 2, "SIGHUP": 3}
         if dist.is_available() and dist.is_initialized():
             world = dist.get_world_size(self.group)
             flags = torch.zeros(world, dtype=torch.int32, device=self.device)
-            flags[dist.get_rank(self.group)] = codes.get(self.signal, 3)
+            flags[dist.get_rank(self.group)] = codes.get(self.signal, 4)
             dist.all_reduce(flags, group=self.group)
             flags = flags.tolist()
         else:
-            flags = [codes.get(self.signal, 3)]
-        names = {1: "SIGINT", 2: "SIGTERM", 3: "a signal"}
+            flags = [codes.get(self.signal, 4)]
+        names = {1: "SIGINT", 2: "SIGTERM", 3: "SIGHUP", 4: "a signal"}
         self.requested_by = [f"{names[f]} on rank {r}" for r, f in enumerate(flags) if f]
         return bool(self.requested_by)
 

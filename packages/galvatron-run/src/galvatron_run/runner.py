@@ -51,6 +51,7 @@ class LongRun:
     save_every: int | None = None
     keep: int | None = None
     resume: bool = False
+    resume_or_start: bool = False      # with resume: start from step 0 when no checkpoint is usable (else exit 3)
     init_from: str | None = None
     export_path: str | None = None
 
@@ -92,7 +93,10 @@ def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int
     watchdog = failures.Watchdog(timeout_s)
     stop = failures.StopRequest(device=device)
     plan_digest = digest(run_plan)
+    lock = None
     try:
+        if opts.checkpoint_dir:        # held by rank 0 until the end: another run on the directory exits 2
+            lock = ckpt.lock_directory(opts.checkpoint_dir)
         with watchdog.phase("building the model, meshes and schedule"):
             state = build_state(run_plan, device, steps=steps, timeout_s=timeout_s)
         if build_hook is not None:
@@ -105,7 +109,8 @@ def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int
         if opts.checkpoint_dir and (opts.resume or failures.restart_count() > 0):
             with watchdog.phase("loading the newest complete checkpoint", timeout_s=None):
                 info = ckpt.resume(opts.checkpoint_dir, state.model_parts, state.optimizers, state.scheduler, data,
-                                   plan_digest=plan_digest)
+                                   plan_digest=plan_digest,
+                                   required=not opts.resume_or_start and failures.restart_count() == 0)
             if info:
                 state.step = info["step"]
         if rank == 0:
@@ -167,3 +172,5 @@ def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int
         stop.close()
         if owns_pg and dist.is_initialized():
             dist.destroy_process_group()
+        if lock is not None:
+            lock.release()
