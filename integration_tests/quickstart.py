@@ -78,7 +78,9 @@ def stage_table(plan: dict, report: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="quickstart-out", help="where the documents are written")
-    parser.add_argument("--nproc", type=int, default=4, help="local CPU ranks (gloo)")
+    parser.add_argument("--nproc", type=int, default=max(2, min(os.cpu_count() or 2, 8)),
+                        help="local CPU ranks (gloo; default: one per core, at least 2, at most 8, so each rank "
+                             "behaves like a device)")
     parser.add_argument("--model", default="mini-gpt")
     parser.add_argument("--global-batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=30)

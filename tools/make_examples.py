@@ -53,6 +53,12 @@ ADDED = {
     ("cost-model", "1.1"): [("optimizer_step",), ("pipelines", "*", "strategies", "*", "time", "optimizer_step_s")],
     ("run-report", "1.1"): [("memory", "ranks", "*", "process_peak_rss_bytes"),
                             ("memory", "ranks", "*", "profiled_step")],
+    ("hardware-profile", "1.2"): [("runtime_memory",)],
+    ("cost-model", "1.2"): [("pipelines", "*", "layouts", "*", "p2p_bytes_per_sample"),
+                            ("pipelines", "*", "strategies", "*", "extrapolated"),
+                            ("pipelines", "*", "extrapolated_p2p"), ("step_overhead_s",), ("calibration",)],
+    ("run-report", "1.2"): [("comparison", "memory", "*", "budget_bytes"), ("comparison", "memory", "*", "accounting"),
+                            ("comparison", "breakdown"), ("breakdown",)],
 }
 
 
@@ -137,6 +143,7 @@ def hardware_tiny() -> dict:
         "p2p": [{"pp_degree": 2, "crosses_nodes": False, "concurrent_pairs": 1,
                  "points": [{"message_bytes": m, "time": timing(30e-6 + m / 2e9, rng, 5)} for m in sizes]}],
         "overlap": None,
+        "runtime_memory": {"overhead_bytes": 0, "method": "CPU: none (example)"},
     }
 
 
@@ -325,6 +332,7 @@ def run_report(plan, steps, warmup, loss0, step_s, torch_version, method, peaks)
                        "achieved_tflops_per_device": r6(achieved / world), "peak_tflops": peak,
                        "mfu": r6(achieved / (peak * world)) if peak else None},
         "memory": {"method": method, "ranks": ranks},
+        "breakdown": breakdown(plan, median, warmup + 1),
     }
     if "predictions" in plan:
         pred = plan["predictions"]
@@ -333,12 +341,79 @@ def run_report(plan, steps, warmup, loss0, step_s, torch_version, method, peaks)
                                "ratio": r6(median / pred["iteration_time_s"])},
             "samples_per_s": {"predicted": pred["samples_per_s"], "measured": r6(plan["global_batch"] / median),
                               "ratio": r6(plan["global_batch"] / median / pred["samples_per_s"])},
-            "memory": [{"stage": s["index"], "predicted": s["memory_bytes_per_rank"]["total"],
-                        "measured": float(peaks[s["index"]]),
-                        "ratio": r6(peaks[s["index"]] / s["memory_bytes_per_rank"]["total"])}
-                       for s in pred["stages"]],
+            "memory": [memory_comparison(plan, s, ranks) for s in pred["stages"]],
+            "breakdown": breakdown_comparison(pred, report["breakdown"]),
         }
     return report
+
+
+# measured = these shares of the step; forward, backward and optimizer are what galvatron-run measures of them
+SHARES = {"forward_compute_s": 0.26, "backward_compute_s": 0.44, "recompute_s": 0.0, "tp_communication_s": 0.04,
+          "zero_communication_s": 0.03, "layout_transitions_s": 0.01, "pipeline_p2p_s": 0.01,
+          "pipeline_idle_s": 0.06, "grad_sync_s": 0.05, "optimizer_step_s": 0.04, "step_sync_s": 0.01}
+
+
+def breakdown(plan: dict, step_s: float, step: int) -> dict:
+    """A measured breakdown of the timed ``step`` (the one after the memory-profiled one) on every rank: fixed shares of ``step_s`` (other_s the rest, so the
+    components sum to step_s), the layers' forward and backward split evenly, one grad-sync all_reduce per layer."""
+    layers = plan["layers"]
+    ranks = []
+    for st in plan["stages"]:
+        n = max(1, st["layer_end"] - st["layer_start"])
+        components = {k: r6(step_s * v) for k, v in SHARES.items()}
+        components["other_s"] = r6(step_s - sum(components.values()))
+        units = [{"unit": f"layers[{i}]", "kind": "decoder",
+                  "strategy": {k: layers[i][k] for k in ("tp", "tp_layout", "sp", "dp", "dp_sharding", "recompute")},
+                  "micro_batches": plan["micro_batches"], "micro_batch_size": plan["micro_batch_size"],
+                  "forward_s": r6(components["forward_compute_s"] / n),
+                  "backward_s": r6(components["backward_compute_s"] / n), "recompute_s": 0.0,
+                  "communication_s": r6((components["tp_communication_s"] + components["zero_communication_s"]) / n)}
+                 for i in range(st["layer_start"], st["layer_end"])]
+        size = len(st["ranks"])
+        param_bytes = 4 * 3 * plan["model"]["hidden"] ** 2
+        for rank in st["ranks"]:
+            ranks.append({"rank": rank, "stage": st["index"], "step_s": r6(step_s), "components": components,
+                          "layers": units,
+                          "collectives": [{"op": "all_reduce", "group": "dp", "group_size": size, "calls": n,
+                                           "bytes": n * param_bytes, "time_s": components["grad_sync_s"]}]})
+    return {"method": "example: fixed shares of the step", "profiled_step": step, "ranks": ranks}
+
+
+def breakdown_comparison(pred: dict, measured: dict) -> dict:
+    """The predicted breakdown beside the critical rank's (here: the last rank of the slowest stage)."""
+    crit = measured["ranks"][-1]
+    c = crit["components"]
+    pairs = {"forward_compute_s": c["forward_compute_s"],
+             "backward_compute_s": c["backward_compute_s"] + c["recompute_s"],
+             "tp_communication_s": c["tp_communication_s"], "zero_communication_exposed_s": c["zero_communication_s"],
+             "layout_transitions_s": c["layout_transitions_s"], "pipeline_p2p_s": c["pipeline_p2p_s"],
+             "pipeline_bubble_s": c["pipeline_idle_s"], "grad_sync_exposed_s": c["grad_sync_s"],
+             "optimizer_step_s": c["optimizer_step_s"]}
+    components = {k: ratio_entry(pred["breakdown"].get(k, 0.0), v) for k, v in pairs.items()}
+    components.update({k: ratio_entry(0.0, c[k]) for k in ("step_sync_s", "other_s")})
+    return {"rank": crit["rank"], "stage": crit["stage"], "step": ratio_entry(pred["iteration_time_s"], crit["step_s"]),
+            "components": components}
+
+
+def memory_comparison(plan: dict, stage: dict, ranks: list[dict]) -> dict:
+    """One stage's predicted peak beside its worst rank's, with the budget and the accounting by part."""
+    worst = max((r for r in ranks if r["stage"] == stage["index"]), key=lambda r: r["peak_bytes"])
+    pred, acc = stage["memory_bytes_per_rank"], worst["accounting"]
+    measured = {"params": acc["param_bytes"], "grads": acc["grad_bytes"], "optimizer": acc["optimizer_bytes"],
+                "activations": acc["activation_bytes"]}
+    measured["workspace_and_overhead"] = max(0, worst["peak_bytes"] - sum(measured.values()))
+    predicted = {k: pred[k] for k in ("params", "grads", "optimizer", "activations")}
+    predicted["workspace_and_overhead"] = pred["workspace"] + pred["overhead"]
+    out = {"stage": stage["index"], **ratio_entry(pred["total"], worst["peak_bytes"])}
+    if "search" in plan:
+        out["budget_bytes"] = int(plan["search"]["memory_budget_bytes"])
+    out["accounting"] = {k: ratio_entry(predicted[k], measured[k]) for k in measured}
+    return out
+
+
+def ratio_entry(predicted: float, measured: float) -> dict:
+    return {"predicted": r6(float(predicted)), "measured": r6(float(measured)),
+            "ratio": r6(measured / predicted) if predicted > 0 else None}
 
 
 def run_report_tiny() -> dict:
@@ -475,7 +550,8 @@ def invalid_examples() -> dict[str, list[tuple[str, dict, str, str, str]]]:
     tiny = {"hardware-profile": hw, "model-profile": mp, "cost-model": cm, "run-report": rr}
     for (kind, minor), paths in ADDED.items():
         for path in paths:
-            out[kind].append(field_in_older_release(tiny[kind], minor, path))
+            if first_path(tiny[kind], path) is not None:      # an optional field the tiny document holds
+                out[kind].append(field_in_older_release(tiny[kind], minor, path))
     return out
 
 
@@ -485,11 +561,29 @@ def supported(kind: str) -> str:
     return versions[0] if len(versions) == 1 else f"{versions[0]} to {versions[-1]}"
 
 
+def first_path(node, path: tuple) -> tuple | None:
+    """``path`` with each '*' replaced by the index of the first item that holds the rest of it (an optional
+    field need not be in every item), or None where no item does."""
+    if not path:
+        return ()
+    key, rest = path[0], path[1:]
+    if key == "*":
+        for i, item in enumerate(node if isinstance(node, list) else []):
+            sub = first_path(item, rest)
+            if sub is not None:
+                return (i, *sub)
+        return None
+    if isinstance(node, dict) and key in node:
+        sub = first_path(node[key], rest)
+        return None if sub is None else (key, *sub)
+    return None
+
+
 def field_in_older_release(doc: dict, minor: str, path: tuple) -> tuple[str, dict, str, str, str]:
     """An invalid example: the document of the release before ``minor`` carrying one field ``minor`` added."""
     major, number = parse_version(minor)
     older = f"{major}.{number - 1}"
-    at = tuple(0 if key == "*" else key for key in path)
+    at = first_path(doc, path)
     value = doc
     for key in at:
         value = value[key]

@@ -6,7 +6,10 @@
 
 1. search_bench.py: galvatron-search's speed on the reference A100 inputs;
 2. accuracy.py: predicted vs measured iteration time and peak memory of many plans on this machine, and the
-   searched plan's measured throughput against the best baseline that fits;
+   searched plan's measured throughput against the baselines that fit, with 2 ranks (as many as the cores, one
+   thread each) on two models: mini-gpt (overhead-dominated) and models/llama-512 (hidden 512, compute-dominated,
+   closer to a GPU workload); then mini-gpt on 4 ranks, reported as oversubscribed (no target judged: a waiting
+   rank lends its core to another, which no model of independent devices predicts);
 3. overhead.py: galvatron-run's pure data-parallel plan against a plain DDP loop of the same model.
 
 Each runs as its own process (a crash in one does not hide the others); exits 1 when any target is missed,
@@ -31,13 +34,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    benches = [("search_bench", []), ("accuracy", []), ("overhead", [])]
+    llama = str(HERE / "models" / "llama-512")
+    benches = [("search_bench", []), ("accuracy", []), ("accuracy", ["--model", llama]),
+               ("accuracy", ["--nproc", "4", "--report-only", "--no-quality"]), ("overhead", [])]
     missed = []
     t0 = time.perf_counter()
     for name, extra in benches:
         cmd = [sys.executable, str(HERE / f"{name}.py"), *extra]
         if args.out:
-            cmd += ["--keep" if name == "search_bench" else "--out", str(Path(args.out) / name)]
+            tag = "-".join([name] + [Path(x).name for x in extra if not x.startswith("--")])
+            cmd += ["--keep" if name == "search_bench" else "--out", str(Path(args.out) / tag)]
         print(f"\n===== {name}: {' '.join(cmd[1:])}", flush=True)
         t = time.perf_counter()
         # stdout (the tables) is printed when the benchmark ends; stderr (progress) passes through as it comes

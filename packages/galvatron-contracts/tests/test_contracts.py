@@ -82,7 +82,7 @@ def test_newer_minor_is_accepted_with_a_warning(capsys):
     doc["cluster"]["interconnect"] = "nvlink"
     assert D.validate(doc, "new.json") is doc
     err = capsys.readouterr().err
-    assert "warning: new.json: hardware-profile 1.7 is newer than the newest known 1.1" in err
+    assert "warning: new.json: hardware-profile 1.7 is newer than the newest known 1.2" in err
 
 
 def test_newer_minor_still_checks_the_fields_it_knows(capsys):
@@ -96,7 +96,7 @@ def test_newer_minor_still_checks_the_fields_it_knows(capsys):
 def test_newer_major_is_refused_naming_the_supported_range():
     e = refused(D.validate, hardware_profile(schema_version="2.0"), "future.json")
     assert str(e) == ("future.json: $.schema_version: hardware-profile 2.0 is newer than this reader supports "
-                      "(1.0 to 1.1); upgrade the tool")
+                      "(1.0 to 1.2); upgrade the tool")
 
 
 def test_older_major_is_migrated_by_the_registered_migration(monkeypatch):
@@ -108,7 +108,7 @@ def test_older_major_is_migrated_by_the_registered_migration(monkeypatch):
     old = hardware_profile(schema_version="0.4")
     old["machine"] = old.pop("cluster")
     e = refused(D.validate, copy.deepcopy(old))
-    assert "older than this reader supports (1.0 to 1.1) and no migration exists" in str(e)
+    assert "older than this reader supports (1.0 to 1.2) and no migration exists" in str(e)
     monkeypatch.setitem(D.MIGRATIONS, ("hardware-profile", 0), from_0)
     assert D.validate(copy.deepcopy(old)) == hardware_profile()
     assert old["machine"]["world_size"] == 2  # the caller's document is not modified
@@ -389,6 +389,15 @@ def test_hugging_face_config_import(tmp_path, cfg, preset):
     assert M.load_model_spec(str(tmp_path / preset)) == spec  # the directory holding config.json
 
 
+def test_rope_theta_inside_rope_parameters_is_read(tmp_path):
+    """transformers 5 writes rope_theta inside rope_parameters; the spec is the same as from the top-level key."""
+    top = M.load_model_spec(config(tmp_path, LLAMA3_CONFIG, folder="top"))
+    nested = {k: v for k, v in LLAMA3_CONFIG.items() if k != "rope_theta"}
+    nested["rope_parameters"] = {"rope_type": "default", "rope_theta": LLAMA3_CONFIG["rope_theta"]}
+    spec = M.load_model_spec(config(tmp_path, nested, folder="top2"))
+    assert spec["rope_theta"] == top["rope_theta"] == float(LLAMA3_CONFIG["rope_theta"]) != 10000.0
+
+
 @pytest.mark.parametrize("change, expected", [
     ({"n_layer": None}, "$.n_layer (layers): None is not of type 'integer'"),
     ({"n_embd": "768"}, "$.n_embd (hidden): '768' is not of type 'integer'"),
@@ -474,7 +483,7 @@ CASES = {
     "missing-field": (_missing_world, "$.cluster.world_size: required property missing"),
     "wrong-type": (_wrong_type, "$.settings.repeats: '3' is not of type 'integer'"),
     "newer-major": (lambda doc: json.dumps({**doc, "schema_version": "3.1"}),
-                    "$.schema_version: hardware-profile 3.1 is newer than this reader supports (1.0 to 1.1); "
+                    "$.schema_version: hardware-profile 3.1 is newer than this reader supports (1.0 to 1.2); "
                     "upgrade the tool"),
 }
 

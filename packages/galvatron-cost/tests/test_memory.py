@@ -41,20 +41,27 @@ def test_zero_states_fp32_adamw_by_hand():
     assert (z2["param_bytes"], z2["grad_bytes"], z2["optimizer_bytes"]) == (4 * P // 4 + 4 * P, 4 * P // 4, 8 * P // 4)
     z3 = model_states(P, P_d, "zero3", "fp32", "adamw")
     assert z3["param_bytes"] + z3["grad_bytes"] + z3["optimizer_bytes"] == 16 * P // 4
-    assert z3["workspace_bytes"] == 4 * P + 4 * P         # gathered fp32 params + the fresh unsharded grads
+    # this layer's and the prefetched next layer's gathered fp32 params, the fresh unsharded grads, the
+    # reduce-scatter's fp32 input (and, on gloo, the copy gloo makes of it)
+    assert z3["workspace_bytes"] == 2 * 4 * P + 4 * P + 4 * P
+    gloo = model_states(P, P_d, "zero3", "fp32", "adamw", backend="gloo")
+    assert gloo["workspace_bytes"] == z3["workspace_bytes"] + 4 * P
+    assert model_states(P, P_d, "zero2", "fp32", "adamw")["workspace_bytes"] == 4 * P + 4 * P
 
 
 def test_zero_states_bf16_mixed_precision_by_hand():
     P, P_d = 1000, 250
     ddp = model_states(P, P_d, "ddp", "bf16", "adamw")
-    assert (ddp["param_bytes"], ddp["grad_bytes"], ddp["optimizer_bytes"]) == (4000, 4000, 8000)
-    assert ddp["workspace_bytes"] == 2 * P + 2 * P + 4 * P   # autocast weight copies, bf16 grads, fp32 cast
+    # fp32 master + the bf16 copy autocast caches for the whole step (one autocast region per step)
+    assert (ddp["param_bytes"], ddp["grad_bytes"], ddp["optimizer_bytes"]) == (4000 + 2000, 4000, 8000)
+    assert ddp["workspace_bytes"] == 2 * P + 4 * P           # bf16 grads, their fp32 cast
     z2 = model_states(P, P_d, "zero2", "bf16", "adamw")
     # sharded fp32 master 4P/d + unsharded bf16 copy 2P; fp32 sharded grads and states: 2P + 16P/d in all
     assert z2["param_bytes"] + z2["grad_bytes"] + z2["optimizer_bytes"] == 2 * P + 16 * P_d
     z3 = model_states(P, P_d, "zero3", "bf16", "adamw")
     assert z3["param_bytes"] + z3["grad_bytes"] + z3["optimizer_bytes"] == 16 * P_d
-    assert z3["workspace_bytes"] == 2 * P + 2 * P + 4 * P   # gathered bf16 params, bf16 grads, their fp32 cast
+    # two gathered bf16 layers (this one, the prefetched next), bf16 grads, their fp32 cast, the fp32 reduce input
+    assert z3["workspace_bytes"] == 2 * 2 * P + 2 * P + 4 * P + 4 * P
     assert model_states(P, P_d, "zero3", "bf16", "sgd")["optimizer_bytes"] == 0
 
 

@@ -26,6 +26,7 @@ def cost_model(seed: int, nodes: int = 1, gpus_per_node: int = 4, layers: int = 
     (at most `max_dec` decoder and `max_ends` embedding/head strategies per pipeline degree)."""
     rng = random.Random(seed)
     orng = random.Random(f"optimizer {seed}")      # its own stream: the other numbers stay those of `seed`
+    brng = random.Random(f"buffers {seed}")         # the pipelining receive buffers' bytes, also apart
     optimizer = orng.random() < 0.75                # else a document from before the optimizer step was modelled
     world = nodes * gpus_per_node
     pipelines = []
@@ -38,6 +39,8 @@ def cost_model(seed: int, nodes: int = 1, gpus_per_node: int = 4, layers: int = 
                     layouts.append({"id": f"tp{tp}{tl[0]}{'sp' if sp else ''}", "tp": tp, "tp_layout": tl, "sp": sp,
                                     "dp": S // tp, "p2p": _lin_t(rng, 1e-5, 4e-4)})
         layouts = rng.sample(layouts, min(len(layouts), rng.randint(1, 3)))
+        for lay in layouts:
+            lay["p2p_bytes_per_sample"] = float(brng.randint(2 ** 20, 2 ** 26))
         transitions = []
         for a, b in itertools.permutations(layouts, 2):
             if rng.random() < 0.8:

@@ -12,7 +12,7 @@ from galvatron_contracts.pipeline import even_split
 from galvatron_search import evaluate, search
 from galvatron_search.costs import CostTables
 from galvatron_search.evaluate import evaluate_spec
-from galvatron_search.planner import Options, run_search
+from galvatron_search.planner import DEFAULT_MEMORY_MARGIN, Options, run_search
 
 GIB = 2 ** 30
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
@@ -163,8 +163,26 @@ def test_infeasible_names_the_smallest_budget():
         raise AssertionError("expected InfeasibleError")
     assert "smallest budget" in msg
     need = float(msg.rsplit(" ", 2)[-2])
-    r, _ = run_search(tables, Options(memory_bytes=need * GIB, global_batch=8))
+    margin = DEFAULT_MEMORY_MARGIN           # the API's default, which the named budget includes
+    r, _ = run_search(tables, Options(memory_bytes=need * GIB, global_batch=8, memory_margin=margin))
     assert r.spec is not None
-    r, _ = run_search(tables, Options(memory_bytes=need * GIB * 0.97, global_batch=8))
+    r, _ = run_search(tables, Options(memory_bytes=need * GIB * 0.97, global_batch=8, memory_margin=margin))
     assert r.spec is None
     assert np.isfinite(need)
+
+
+@settings(max_examples=10, **SETTINGS)
+@given(instances(), st.sampled_from([0.05, 0.2]))
+def test_memory_margin_keeps_its_share_of_the_budget_free(inst, margin):
+    """A plan searched with a margin predicts at most (1 - margin) x the budget on every stage, and it is the
+    plan the search finds without a margin under that smaller budget."""
+    cm, gib, B, buckets = inst
+    tables = CostTables(cm)
+    kept, _ = run_search(tables, Options(memory_bytes=gib * GIB, global_batch=B, buckets=buckets,
+                                         memory_margin=margin))
+    exact, _ = run_search(tables, Options(memory_bytes=gib * GIB * (1 - margin), global_batch=B, buckets=buckets))
+    assert (kept.spec is None) == (exact.spec is None)
+    if kept.spec is not None:
+        assert math.isclose(kept.T, exact.T, rel_tol=1e-12)
+        stages = evaluate_spec(tables, kept.spec)["stages"]
+        assert max(s["total"] for s in stages) <= gib * GIB * (1 - margin)

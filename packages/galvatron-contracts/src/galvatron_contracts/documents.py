@@ -50,8 +50,8 @@ if not SCHEMA_DIR.is_dir():
 DOCUMENT_KINDS = ("hardware-profile", "model-profile", "cost-model", "plan", "run-report")
 # The version the tools write of each kind: the release whose fields they fill. A writer moves to a new minor
 # here, once, when it starts to fill the new field (schemas/README.md, "Versioning policy").
-CURRENT_VERSION = {"hardware-profile": "1.1", "model-profile": "1.1", "cost-model": "1.1", "plan": "1.0",
-                   "run-report": "1.1"}
+CURRENT_VERSION = {"hardware-profile": "1.2", "model-profile": "1.1", "cost-model": "1.2", "plan": "1.0",
+                   "run-report": "1.2"}
 ID_PREFIX = "urn:galvatron:schema:"
 MAX_MESSAGE = 240  # characters of one schema message (jsonschema quotes whole sub-documents)
 # one input file or stream: far above what a tool writes (a cost model of 2**17 ranks is 2 MB)

@@ -60,8 +60,9 @@ def spec_differences(spec: dict, other: dict, other_name: str = "other") -> list
             if key != "source" and a.get(key) != b.get(key)]
 
 
-# spec field <- Hugging Face config.json key, per family (to name the config's key in an error)
-_HF_KEYS = {
+# spec field <- Hugging Face config.json key, per family (to name the config's key in an error; gpt2's kv_heads
+# is n_head: GPT-2 has no grouped-query attention)
+HF_KEYS = {
     "gpt2": {"layers": "n_layer", "hidden": "n_embd", "heads": "n_head", "kv_heads": "n_head", "ffn_hidden": "n_inner",
              "vocab_size": "vocab_size", "max_seq_len": "n_positions", "tied_embeddings": "tie_word_embeddings",
              "norm_eps": "layer_norm_epsilon"},
@@ -70,6 +71,14 @@ _HF_KEYS = {
               "max_seq_len": "max_position_embeddings", "tied_embeddings": "tie_word_embeddings",
               "norm_eps": "rms_norm_eps", "rope_theta": "rope_theta"},
 }
+
+
+def _rope_theta(config: dict):
+    """rope_theta at the top level (transformers 4) or inside rope_parameters (transformers 5); 10000 if absent."""
+    rope = config.get("rope_parameters")
+    if "rope_theta" not in config and isinstance(rope, dict) and "rope_theta" in rope:
+        return rope["rope_theta"]
+    return config.get("rope_theta", 10000.0)
 
 
 def from_hf_config(config: dict, name: str, source: str) -> dict:
@@ -99,7 +108,7 @@ def from_hf_config(config: dict, name: str, source: str) -> dict:
                 "ffn_hidden": need("intermediate_size"), "vocab_size": need("vocab_size"),
                 "max_seq_len": config.get("max_position_embeddings", 4096),
                 "tied_embeddings": config.get("tie_word_embeddings", False),
-                "norm_eps": config.get("rms_norm_eps", 1e-5), "rope_theta": config.get("rope_theta", 10000.0)}
+                "norm_eps": config.get("rms_norm_eps", 1e-5), "rope_theta": _rope_theta(config)}
         if isinstance(spec["rope_theta"], int) and not isinstance(spec["rope_theta"], bool):
             spec["rope_theta"] = float(spec["rope_theta"])
     else:
@@ -111,7 +120,7 @@ def from_hf_config(config: dict, name: str, source: str) -> dict:
         errors = [e for e in errors if not e.startswith("$.ffn_hidden:")]  # derived from the bad n_embd
     errors = errors or model_spec_errors(spec)
     if errors:
-        raise DocumentError(source, [_as_config_path(e, _HF_KEYS[family]) for e in errors])
+        raise DocumentError(source, [_as_config_path(e, HF_KEYS[family]) for e in errors])
     return spec
 
 

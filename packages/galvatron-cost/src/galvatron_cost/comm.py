@@ -35,11 +35,39 @@ probed cross-node fit with the same equations and their medians taken (an op wit
 median of the others). The result is written back in the alpha-beta form above (``bandwidth = w(n) / (time/M)``)
 and flagged ``extrapolated``. p2p follows the same idea: a pipeline boundary inside a node runs at the probed
 intra-node p2p link, one that crosses nodes shares ``B_node_p2p`` (median of bandwidth x pairs crossing per node)
-between the pairs leaving a node.
+between the pairs leaving a node, at most at the intra-node p2p link's bandwidth (a bound of the model, not a
+measurement: where it binds, the p2p fit's ``method`` and the notes say so).
+
+Consistency of the profile (``cross_node_finding``). A probed cross-node fit with k > 1 ranks per node contains an
+intra-node phase over k ranks, so by the model it takes at least as long as that phase alone at the intra-node
+link. Per byte of the buffer, ``r = (w_intra / bw_intra) / (time/M of the fit)`` says how much of the fit's time
+the intra-node phase alone would take:
+
+- r <= 1 - INTER_FLOOR (0.9): the inter-node phase takes at least 10% of the time; B_node follows as above.
+- 0.9 < r <= the error limit: a warning, on stderr and in the cost model's notes, naming both entries (JSON path,
+  op, group size, layout, nodes x ranks per node, bandwidth). The model then floors this entry's inter-node phase
+  at INTER_FLOOR x its time (the floor also keeps B_node finite where the phase is not measurable), which makes
+  its B_node estimate ``g w_inter / (0.1 time/M)``, an upper bound of what the entry can tell; the median over
+  the entries of the op is taken as before. The warning says whether ``r - 1`` lies within the entries'
+  measurement noise: each entry's noise is the larger of its fit's median relative residual and its points'
+  median half inter-quartile range relative to the median (half the min-max range where the quartiles are
+  absent); the two entries' noises add.
+- r > max(GROSS_RATIO, 1 + noise), GROSS_RATIO = 2: DocumentError (exit 3) naming the file and both JSON paths.
+  Why 2: the traffic of a group that spans nodes crosses the intra-node links too, so the ring the model assumes
+  is bounded by them, and the most any collective algorithm saves on a ring is what in-network reduction (NVLS,
+  SHARP) saves by sending each byte once instead of twice: a factor of 2. A fit beyond that is a measurement
+  error (a mislabelled layout or stride, a probe that timed only some ranks) that no plan should rest on. Noise
+  above 2 means the profile cannot tell, and it stays a warning.
+
+Groups with one rank per node (k = 1) have no intra-node phase and are not compared: on a cluster with a slow
+intra-node fabric (PCIe) and a network card per GPU they can legitimately be faster than a group inside a node.
+A cross-node fit's latency below its intra-node phase's is floored at 0 per inter-node step (latencies are the
+noisiest part of a fit; the alpha of a large-message term hardly matters).
 """
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +79,8 @@ from galvatron_contracts.ranks import rank_groups, stage_ranks
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 BETA_FLOOR = 1e-18      # s/byte: keeps a fitted bandwidth finite (1e9 GB/s)
 TIME_FLOOR_S = 1e-9     # a measured time of 0 (below the timer's resolution) counts as 1 ns in relative residuals
+INTER_FLOOR = 0.1       # least share of a cross-node fit's time given to its inter-node phase (see the docstring)
+GROSS_RATIO = 2.0       # a cross-node fit this many times faster than its intra-node phase allows is an error
 
 
 def wire_factor(op: str, n: int) -> float:
@@ -198,6 +228,24 @@ class ProbedFit:
     x: np.ndarray | None = None
     t: np.ndarray | None = None
     method: str = "robust least squares (soft_l1 on relative residuals)"
+    index: int = -1             # position in the hardware-profile's collectives
+    spread: float = 0.0         # the points' median relative spread (points_spread)
+
+    @property
+    def path(self) -> str:
+        return f"$.collectives[{self.index}]"
+
+    @property
+    def noise(self) -> float:
+        """Relative measurement noise: the larger of the fit's median residual and the points' spread."""
+        return max(self.quality["median_rel_residual"], self.spread)
+
+    def describe(self, path: bool = True) -> str:
+        """'$.collectives[i] (op of n, layout, nodes x per node: bandwidth)': the entry as messages name it."""
+        t = self.topo
+        nodes = f"{t.nodes} node{'s' if t.nodes > 1 else ''}"
+        return (f"{self.path + ' ' if path else ''}({self.op} of {t.n}, {self.layout}, {nodes} x {t.per_node} per "
+                f"node: {self.ab.bandwidth_gbps:.4g} GB/s)")
 
     @property
     def identified(self) -> bool:
@@ -211,6 +259,64 @@ def refit_alpha(x: np.ndarray, t: np.ndarray, bandwidth_gbps: float) -> tuple[Al
     beta = 1.0 / (bandwidth_gbps * 1e9)
     alpha = max(float(np.median(t - beta * x)), 0.0)
     return AlphaBeta(alpha, bandwidth_gbps), quality(alpha + beta * x, t)
+
+
+def points_spread(points: list[dict]) -> float:
+    """Median over the points of half the inter-quartile range relative to the median time (half the min-max
+    range where a point has no quartiles): one measurement's relative noise."""
+    rel = []
+    for p in points:
+        t = p["time"]
+        lo, hi = (t["p25_s"], t["p75_s"]) if "p25_s" in t and "p75_s" in t else (t["min_s"], t["max_s"])
+        rel.append((hi - lo) / 2 / max(t["median_s"], TIME_FLOOR_S))
+    return float(np.median(rel)) if rel else 0.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A cross-node fit that leaves its inter-node phase under INTER_FLOOR of its time (see the docstring)."""
+    cross: ProbedFit
+    intra: ProbedFit
+    ratio: float        # the intra-node phase alone at the intra-node link / the fit's time, per byte
+    noise: float        # the two entries' relative noises added
+
+    @property
+    def gross(self) -> bool:
+        return self.ratio > max(GROSS_RATIO, 1.0 + self.noise)
+
+    def message(self, b_node_gbps: float | None = None) -> str:
+        """One line naming both entries; for a warning, what the model does with the entry (its B_node)."""
+        f = self.cross
+        how = (f"its intra-node phase over {f.topo.per_node} ranks alone, at the intra-node link of "
+               f"{self.intra.describe()}, would take {self.ratio:.3f}x its measured time"
+               + (" (cross-node faster than intra-node)" if self.ratio > 1.0 else ""))
+        noise = f"the two entries' measurement noise (+-{self.noise:.1%})"
+        if self.gross:
+            return (f"{f.path}: in the cross-node fit {f.describe(path=False)} {how}; expected at most "
+                    f"{GROSS_RATIO:g}x (no algorithm beats a ring by more than in-network reduction's factor 2) or "
+                    f"within {noise}: re-probe the cluster, or correct the entry's layout and stride")
+        within = (f"within {noise}" if self.ratio <= 1.0 + self.noise
+                  else f"beyond {noise}, under the {GROSS_RATIO:g}x error limit")
+        after = f" ({b_node_gbps:.4g} GB/s per node from this entry)" if b_node_gbps else ""
+        return (f"in the cross-node fit {f.describe()} {how}, {within}; its inter-node phase is taken as "
+                f"{INTER_FLOOR:.0%} of its time{after} and the op's inter-node link is the median over its "
+                f"cross-node entries")
+
+
+def intra_share(fit: ProbedFit, intra: ProbedFit | None) -> float:
+    """r of the docstring: the time per byte of the cross-node fit's intra-node phase alone at the intra-node link
+    `intra`, over the fit's own; 0 for a group of one rank per node (no intra-node phase)."""
+    if intra is None or fit.topo.per_node < 2:
+        return 0.0
+    w_in, _ = _w_hier(fit.op, fit.topo)
+    return float(w_in * intra.ab.per_byte_s() / (wire_factor(fit.op, fit.topo.n) * fit.ab.per_byte_s()))
+
+
+def cross_node_finding(fit: ProbedFit, intra: ProbedFit | None) -> Finding | None:
+    """The finding of a cross-node fit against the intra-node fit its intra-node phase runs at, or None when its
+    inter-node phase takes at least INTER_FLOOR of its time (groups of one rank per node are never compared)."""
+    ratio = intra_share(fit, intra)
+    return Finding(fit, intra, ratio, fit.noise + intra.noise) if ratio > 1.0 - INTER_FLOOR else None
 
 
 def fill_unidentified(fits: list[ProbedFit]) -> None:
@@ -233,7 +339,7 @@ def fill_unidentified(fits: list[ProbedFit]) -> None:
 
 @dataclass
 class _Links:
-    intra: list = field(default_factory=list)     # [(n, AlphaBeta, op)] intra-node fits
+    intra: list = field(default_factory=list)     # [ProbedFit] intra-node fits
     b_node: float | None = None                   # bytes/s one node moves off-node
     a_inter: float | None = None                  # s per inter-node step
 
@@ -247,10 +353,14 @@ def _w_hier(op: str, topo: Topology) -> tuple[float, float]:
 
 
 class CommModel:
-    """Alpha-beta of any collective/p2p topology on the target cluster, from one hardware-profile."""
+    """Alpha-beta of any collective/p2p topology on the target cluster, from one hardware-profile.
 
-    def __init__(self, hardware_profile: dict, source: str = "hardware-profile"):
+    ``notes``: the list the model's warnings and bounds are appended to (a cost model's notes); each warning is
+    printed on stderr too. A gross inconsistency raises DocumentError naming ``source`` (see the docstring)."""
+
+    def __init__(self, hardware_profile: dict, source: str = "hardware-profile", notes: list[str] | None = None):
         self.source = source
+        self.notes = [] if notes is None else notes
         cl = hardware_profile["cluster"]
         self.profile_nodes, self.profile_gpn = cl["nodes"], cl["gpus_per_node"]
         world = cl["world_size"]
@@ -267,7 +377,8 @@ class CommModel:
             except ValueError:
                 raise DocumentError(source, f"$.collectives[{i}]: a group of {n} with stride {entry['stride']} "
                                             f"does not tile the {world} ranks of the profiled cluster") from None
-            self.probed.append(ProbedFit(op, topo, entry["layout"], entry["stride"], ab, q, len(t), x, t))
+            self.probed.append(ProbedFit(op, topo, entry["layout"], entry["stride"], ab, q, len(t), x, t, index=i,
+                                         spread=points_spread(entry["points"])))
         fill_unidentified(self.probed)
         for fit in self.probed:
             key = (fit.op, fit.topo)
@@ -276,44 +387,62 @@ class CommModel:
         self.links = {op: _Links() for op in OPS}
         for f in self.probed:
             if not f.topo.crosses:
-                self.links[f.op].intra.append((f.topo.n, f.ab, f.op))
+                self.links[f.op].intra.append(f)
+        self._inter_links()
+        self._p2p_fits(hardware_profile, world)
+
+    def _inter_links(self) -> None:
+        """B_node and a_inter of every op from its cross-node fits (medians), checking each against the intra-node
+        link first: warnings for the fits whose inter-node phase is floored, one error for all gross ones."""
+        gross, warned = [], []
         for op in OPS:
             est_b, est_a = [], []
             for f in self.probed:
                 if f.op != op or not f.topo.crosses:
                     continue
-                intra = self._intra(op, f.topo.per_node) if f.topo.per_node > 1 else None
-                w_in, w_out = _w_hier(op, f.topo)
+                intra = self._nearest_intra(op, f.topo.per_node) if f.topo.per_node > 1 else None
+                _, w_out = _w_hier(op, f.topo)
                 per_byte = wire_factor(op, f.topo.n) * f.ab.per_byte_s()
-                intra_part = w_in * intra.per_byte_s() if intra else 0.0
-                inter_part = max(per_byte - intra_part, 0.1 * per_byte)
+                inter_part = max(1.0 - intra_share(f, intra), INTER_FLOOR) * per_byte
                 est_b.append(f.topo.sharing * w_out / inter_part)
+                finding = cross_node_finding(f, intra)
+                if finding is not None:
+                    (gross if finding.gross else warned).append((finding, est_b[-1] / 1e9))
                 a_in = latency_steps(op, f.topo.per_node) * self._a_intra(op, f.topo.per_node) if intra else 0.0
                 est_a.append(max(f.ab.alpha_s - a_in, 0.0) / latency_steps(op, f.topo.nodes))
             if est_b:
                 self.links[op].b_node, self.links[op].a_inter = float(np.median(est_b)), float(np.median(est_a))
+        if gross:
+            raise DocumentError(self.source, [finding.message() for finding, _ in gross])
+        for finding, b_node_gbps in warned:
+            self._warn(finding.message(b_node_gbps))
         have_b = [lk.b_node for lk in self.links.values() if lk.b_node is not None]
         have_a = [lk.a_inter for lk in self.links.values() if lk.a_inter is not None]
         for lk in self.links.values():
             if lk.b_node is None and have_b:
                 lk.b_node, lk.a_inter = float(np.median(have_b)), float(np.median(have_a))
-        self._p2p_fits(hardware_profile, world)
+
+    def _warn(self, message: str) -> None:
+        """A warning naming the profile, on stderr and in the notes."""
+        note = f"{self.source}: {message}"
+        print(f"warning: {note}", file=sys.stderr)
+        self.notes.append(note)
 
     # intra-node link of an op, from the probed fit of the nearest group size (borrowing other ops if none)
-    def _nearest_intra(self, op: str, n: int):
+    def _nearest_intra(self, op: str, n: int) -> ProbedFit | None:
         cands = self.links[op].intra or [c for o in OPS for c in self.links[o].intra]
         if not cands:
             return None
-        return min(cands, key=lambda c: (abs(math.log2(c[0]) - math.log2(max(n, 1))), -c[0]))
+        return min(cands, key=lambda c: (abs(math.log2(c.topo.n) - math.log2(max(n, 1))), -c.topo.n))
 
     def _intra(self, op: str, n: int) -> AlphaBeta | None:
         c = self._nearest_intra(op, n)
-        return None if c is None else c[1]
+        return None if c is None else c.ab
 
     def _a_intra(self, op: str, n: int) -> float:
         """Per-step latency of the intra-node link (alpha / ring steps of the nearest probed fit)."""
-        n0, ab, op0 = self._nearest_intra(op, n)
-        return ab.alpha_s / latency_steps(op0, n0)
+        c = self._nearest_intra(op, n)
+        return c.ab.alpha_s / latency_steps(c.op, c.topo.n)
 
     def collective(self, op: str, topo: Topology, what: str = "") -> tuple[AlphaBeta, bool, str]:
         """(alpha-beta, extrapolated, method) of `op` over a group with this topology."""
@@ -405,6 +534,11 @@ class CommModel:
                                                  f"{self.profile_nodes} node(s))")
             b_node, a_inter, how = links.b_node, links.a_inter, "inter-node link of the collectives shared per node"
         bw = b_node / topo.sharing / 1e9
-        if intra is not None:
-            bw = min(bw, intra.bandwidth_gbps)
+        if intra is not None and bw > intra.bandwidth_gbps:
+            note = (f"p2p across nodes{what}: the inter-node link's share ({bw:.4g} GB/s) exceeds the intra-node "
+                    f"p2p link; capped at its {intra.bandwidth_gbps:.4g} GB/s (a bound of the model)")
+            if note not in self.notes:
+                self.notes.append(note)
+            return AlphaBeta(a_inter, intra.bandwidth_gbps), True, f"hierarchical model: {how}, capped at the " \
+                                                                   f"{intra_method}"
         return AlphaBeta(a_inter, bw), True, f"hierarchical model: {how}"

@@ -45,6 +45,9 @@ ARCH_KEYS = ("family", "layers", "hidden", "heads", "kv_heads", "ffn_hidden", "v
              "tied_embeddings")
 HW, MP = "hardware-profile", "model-profile"
 GATHERED_INPUTS = {"decoder": 2, "embedding": 0, "head": 1}   # sequence-gathered inputs saved whole under sp
+# galvatron-run's per-step synchronisation over the world (train.py, train_step), bytes each moves: two barriers
+# (priced as all-reduces of nothing), the loss (one fp32) and the gradient norm (one fp64)
+STEP_SYNC_BYTES = (0, 0, 4, 8)
 
 
 def _lin(fixed: float, per_sample: float) -> dict:
@@ -70,7 +73,7 @@ class Builder:
     ``sources``: the names of the two profiles (their files) for the errors, by kind."""
 
     def __init__(self, hw: dict, mp: dict, *, nodes=None, gpus_per_node=None, seq_len=None, dtype=None,
-                 optimizer="adamw", max_tp=None, max_pp=None, runtime_overhead_bytes=0, model=None, sources=None):
+                 optimizer="adamw", max_tp=None, max_pp=None, runtime_overhead_bytes=None, model=None, sources=None):
         self.hw, self.mp = hw, mp
         names = {HW: HW, MP: MP, **(sources or {})}
         self.hw_source, self.mp_source = names[HW], names[MP]
@@ -91,7 +94,7 @@ class Builder:
             raise UsageError(f"--max-tp must be a power of two, got {self.max_tp}")
         self.max_pp = int(max_pp or self.spec["layers"])
         self.optimizer = optimizer
-        self.overhead = int(runtime_overhead_bytes)
+        self.overhead = self._overhead(runtime_overhead_bytes)
         self._check_devices()
         settings = mp["settings"]
         self.dtype = dtype or settings["dtype"]
@@ -105,12 +108,24 @@ class Builder:
         if self.seq > self.spec["max_seq_len"]:
             raise UsageError(f"--seq-len {self.seq} exceeds the model's max_seq_len {self.spec['max_seq_len']}")
         self._check_seq()
-        self.comm = CommModel(hw, self.hw_source)
+        self.comm = CommModel(hw, self.hw_source, self.notes)
         self._compute_fits()
         self._optimizer_fit()
         self.used_coll: OrderedDict[tuple[str, Topology], dict] = OrderedDict()
+        self.extrapolated_used = False     # coll() since strategy() reset it: a term rests on an extrapolated fit
 
     # --- input checks -----------------------------------------------------------------------------------------
+    def _overhead(self, asked: int | None) -> int:
+        """The runtime overhead per rank: as asked, else the hardware profile's measured one (else 0, noted)."""
+        if asked is not None:
+            return int(asked)
+        measured = self.hw.get("runtime_memory")
+        if measured is None:
+            self.notes.append("the hardware profile has no runtime_memory (an older galvatron-probe): the runtime "
+                              "overhead is counted as 0 bytes")
+            return 0
+        return int(measured["overhead_bytes"])
+
     def _check_devices(self):
         a, b = self.hw["cluster"]["device"], self.mp["settings"]["device"]
         if a["type"] != b["type"]:
@@ -235,6 +250,7 @@ class Builder:
                 used = self.used_coll[(op, topo)] = {"ab": ab, "extrapolated": extrap, "method": method,
                                                      "layout": layout, "stride": stride}
             ab = used["ab"]
+            self.extrapolated_used |= used["extrapolated"]
             alpha, per_byte = max(alpha, ab.alpha_s), max(per_byte, ab.per_byte_s())
         return alpha, per_byte
 
@@ -289,7 +305,8 @@ class Builder:
                 ab = p2p_ab[0]
                 p2p = _lin(ab.alpha_s, act / (lay.dp * (lay.tp if lay.sp else 1)) * ab.per_byte_s())
             layout_docs.append({"id": lay.id, "tp": lay.tp, "tp_layout": lay.tp_layout, "sp": lay.sp,
-                                "dp": lay.dp, "p2p": p2p})
+                                "dp": lay.dp, "p2p": p2p,
+                                "p2p_bytes_per_sample": act / (lay.dp * (lay.tp if lay.sp else 1))})
         transitions, need_cache = [], {}
         for a in layouts:
             for b in layouts:
@@ -324,6 +341,7 @@ class Builder:
                 "strategies": strategies}, p2p_ab
 
     def strategy(self, pp, S, lay: Layout, layer, sharding, rc, topos, where) -> dict:
+        self.extrapolated_used = False
         t, d, sp, s, h, e = lay.tp, lay.dp, lay.sp, self.seq, self.spec["hidden"], self.e
         fits = self.compute(layer, t)
         fwd = fits["forward"].lin(s, d)
@@ -379,7 +397,7 @@ class Builder:
                     gather_b = gather_f
         if tied and pp > 1 and layer != "decoder":     # the tied table's one all-reduce; both ends wait for it
             sync += self.tied_sum(pp, numel(div) if sharding == "ddp" else sharded_numel(div, d), where)
-        states = model_states(P, P_d, sharding, self.dtype, self.optimizer)
+        states = model_states(P, P_d, sharding, self.dtype, self.optimizer, self.hw["cluster"]["backend"])
         optim_s = self.optim["per_param_s"] * (P if sharding == "ddp" else P_d)   # parameters this rank updates
         full = self.split(layer, t, False)
         gathered = GATHERED_INPUTS[layer] * s * h * e       # saved whole under sp (see memory.py)
@@ -392,6 +410,7 @@ class Builder:
                               "recompute": rc})
         return {
             "id": f"{layer} {name}", "layer": layer, "layout": lay.id, "dp_sharding": sharding, "recompute": rc,
+            **({"extrapolated": True} if self.extrapolated_used else {}),
             "time": {"forward": _lin(*fwd), "backward": _lin(*bwd), "forward_comm": _lin(*fcomm),
                      "backward_comm": _lin(*bcomm), "param_gather_forward_s": float(gather_f),
                      "param_gather_backward_s": float(gather_b), "grad_reduce_per_microbatch_s": float(reduce_mb),
@@ -411,11 +430,22 @@ class Builder:
         return alpha + wire_factor("all_reduce", 2) * 4 * n * per_byte
 
     # --- the document -----------------------------------------------------------------------------------------
+    def step_overhead(self) -> float:
+        """Seconds of the runtime's per-step synchronisation over the world (STEP_SYNC_BYTES): each a latency-bound
+        all_reduce over all ranks at once, alpha plus its few bytes on the wire; 0 on one rank."""
+        if self.world < 2:
+            return 0.0
+        world = groups_topology(np.arange(self.world)[None, :], self.gpn)
+        alpha, per_byte = self.coll("all_reduce", [world], "consecutive", 1, " (the per-step sync over the world)")
+        return sum(alpha + wire_factor("all_reduce", self.world) * n * per_byte for n in STEP_SYNC_BYTES)
+
     def document(self) -> dict:
         pps = [p for p in divisors(self.world) if p <= self.max_pp]
         pipelines, p2p_fits = [], []
         for pp in pps:
             doc, p2p = self.pipeline(pp)
+            if p2p is not None and p2p[1]:
+                doc["extrapolated_p2p"] = True
             pipelines.append(doc)
             if p2p is not None:
                 ab, extrap, method, topo = p2p
@@ -427,6 +457,7 @@ class Builder:
                     if q:
                         entry["quality"] = q
                 p2p_fits.append(entry)
+        step_overhead = self.step_overhead()       # before the fits are listed: it may use an extrapolated one
         hcl = self.hw["cluster"]
         probed_on = f"{hcl['nodes']}x{hcl['gpus_per_node']}"
         colls = []
@@ -483,6 +514,7 @@ class Builder:
             "overlap": overlap,
             "fits": {"collectives": colls, "p2p": p2p_fits, "compute": compute},
             "pipelines": pipelines,
+            "step_overhead_s": float(step_overhead),
         }
         if self.notes:
             doc["notes"] = list(dict.fromkeys(self.notes))
@@ -494,8 +526,8 @@ def fit(hardware_profile: dict, model_profile: dict, **settings) -> dict:
 
     settings: nodes, gpus_per_node (default: the profiled cluster), seq_len (default: the longest profiled),
     dtype (default: the profile's), optimizer ('adamw'), max_tp (default: gpus_per_node), max_pp (default: the
-    model's layers), runtime_overhead_bytes (0), model (a model spec to check the profile against), sources (the
-    profiles' file names by kind, for the errors)."""
+    model's layers), runtime_overhead_bytes (default: the hardware profile's runtime_memory, else 0), model (a
+    model spec to check the profile against), sources (the profiles' file names by kind, for the errors)."""
     return Builder(hardware_profile, model_profile, **settings).document()
 
 

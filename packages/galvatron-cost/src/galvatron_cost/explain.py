@@ -66,9 +66,14 @@ def explain(doc: dict, max_collectives: int = 40) -> str:
         states = m["param_bytes"] + m["grad_bytes"] + m["optimizer_bytes"]
         act = m["activation"]["fixed_bytes"] + m["activation"]["per_sample_bytes"] * b
         rows.append([s["id"], f"{compute * 1e3:.3f}", f"{comm * 1e3:.3f}", f"{dp * 1e3:.3f}",
-                     f"{t['grad_sync_s'] * 1e3:.3f}", f"{states / 2**20:.2f}", f"{act / 2**20:.2f}"])
+                     f"{t['grad_sync_s'] * 1e3:.3f}", f"{states / 2**20:.2f}", f"{act / 2**20:.2f}",
+                     "extrapolated" if s.get("extrapolated") else "probed"])
     out.append(_table(["strategy", "fwd+bwd ms", "tp comm ms", "dp/mb ms", "sync/iter ms", "states MiB",
-                       "act MiB"], rows))
+                       "act MiB", "comm fits"], rows))
+    extrapolated = [f"pp={p['pp']}: {sum(bool(s.get('extrapolated')) for s in p['strategies'])} of "
+                    f"{len(p['strategies'])} strategies{', p2p' if p.get('extrapolated_p2p') else ''}"
+                    for p in doc["pipelines"]]
+    out.append("communication resting on extrapolated fits: " + "; ".join(extrapolated))
     for note in doc.get("notes", []):
         out.append(f"note: {note}")
     return "\n".join(out) + "\n"

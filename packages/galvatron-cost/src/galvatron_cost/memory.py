@@ -6,15 +6,20 @@ ceil(dim0 / d) * (numel / dim0): FSDP2 shards every tensor on dim 0 and pads dim
 AdamW holds 2 fp32 states per parameter (8 B), plain SGD none. Gradients are reduced in fp32.
 
     sharding  param_bytes              grad_bytes   optimizer_bytes   workspace (transient, fixed part)
-    ddp       4P                       4P           8P                e*P fresh grads (bf16: + 2P autocast weight
-                                                                      copies + 4P fp32 cast of the grads)
-    zero2     4P_d + e*P (unsharded,   4P_d         8P_d              e*P fresh grads (+ 4P fp32 copy for the
-              kept fwd -> bwd)                                        reduce-scatter in bf16)
-    zero3     4P_d                     4P_d         8P_d              e*P gathered params + the zero2 terms
+    ddp       4P (bf16: + 2P autocast  4P           8P                e*P fresh grads (bf16: + 4P fp32 cast of
+              copies, the whole step)                                 the grads)
+    zero2     4P_d + e*P (unsharded,   4P_d         8P_d              e*P fresh grads + 4P reduce-scatter input
+              kept fwd -> bwd)                                        (+ 4P its copy on gloo)
+    zero3     4P_d                     4P_d         8P_d              2 e*P gathered params (this layer's and the
+                                                                      next one's, prefetched) + the zero2 terms
 
-ddp layers are plain modules whose fp32 weights autocast casts per forward (bf16 mode); FSDP2 units hold the
-sharded fp32 master and gather into an unsharded copy in the compute dtype (zero2 keeps it from forward to
-backward, zero3 frees it after each). With d == 1 the sharded variants equal ddp and are not emitted.
+ddp layers are plain modules whose fp32 weights autocast casts to bf16 in bf16 mode; the runtime runs a step's
+micro-batches in one autocast region, so the cast copies stay cached for the whole step (an exact per-layer
+term, not a transient). FSDP2 units hold the sharded fp32 master and gather into an unsharded copy in the compute
+dtype (zero2 keeps it from forward to backward, zero3 frees it after each and, in backward, gathers the next layer
+while this one runs: FSDP2's implicit backward prefetch). Each unit's backward ends in a reduce-scatter whose fp32
+input FSDP2 copies the fresh gradients into; gloo's reduce-scatter clones that input once more (NCCL does not).
+With d == 1 the sharded variants equal ddp and are not emitted.
 
 Activations (per sample per rank, from the model-profile's measured split at that TP degree):
 ``tp_divided + tp_replicated / (tp if sp else 1)``, of the full layer or, under recompute, of what the profile says
@@ -72,21 +77,24 @@ def sharded_numel(shapes, d: int) -> int:
     return sum(-(-d0 // d) * (n // d0) for d0, n in shapes if d0 > 0)
 
 
-def model_states(P: int, P_d: int, sharding: str, dtype: str, optimizer: str) -> dict[str, int]:
-    """Persistent bytes (param, grad, optimizer) and the fixed transient workspace of one layer on one rank."""
+def model_states(P: int, P_d: int, sharding: str, dtype: str, optimizer: str,
+                 backend: str = "nccl") -> dict[str, int]:
+    """Persistent bytes (param, grad, optimizer) and the fixed transient workspace of one layer on one rank
+    (the table of the module docstring; ``backend``: the process group's, gloo copies reduce-scatter inputs)."""
     e = DTYPE_BYTES[dtype]
     states = OPTIMIZER_STATES[optimizer] * 4
     bf16 = dtype != "fp32"
     fresh_grads = e * P + (4 * P if bf16 else 0)          # unsharded grad in compute dtype (+ its fp32 cast)
     if sharding == "ddp":
-        return {"param_bytes": 4 * P, "grad_bytes": 4 * P, "optimizer_bytes": states * P,
-                "workspace_bytes": fresh_grads + (e * P if bf16 else 0)}
+        return {"param_bytes": 4 * P + (e * P if bf16 else 0), "grad_bytes": 4 * P, "optimizer_bytes": states * P,
+                "workspace_bytes": fresh_grads}
+    reduce_input = 4 * P * (2 if backend == "gloo" else 1)     # the fp32 reduce-scatter input (and gloo's copy)
     if sharding == "zero2":
         return {"param_bytes": 4 * P_d + e * P, "grad_bytes": 4 * P_d, "optimizer_bytes": states * P_d,
-                "workspace_bytes": fresh_grads}
+                "workspace_bytes": fresh_grads + reduce_input}
     if sharding == "zero3":
         return {"param_bytes": 4 * P_d, "grad_bytes": 4 * P_d, "optimizer_bytes": states * P_d,
-                "workspace_bytes": e * P + fresh_grads}
+                "workspace_bytes": 2 * e * P + fresh_grads + reduce_input}
     raise ValueError(sharding)
 
 

@@ -389,6 +389,32 @@ def device_info(device) -> dict:
     return {"type": "cpu", "name": cpu_name(), "peak_tflops": None}
 
 
+def runtime_memory(device) -> dict:
+    """Memory this process holds on its device regardless of the plan, the largest over the world (collective).
+
+    CUDA: device memory in use (total - free) beyond the caching allocator's reservation, after the probe's
+    collectives have created every communicator: the CUDA context, NCCL's buffers, library workspaces. One process
+    per device is assumed (another process on the device would count too). CPU: a run-report's peak counts tensor
+    storages only, and gloo keeps its buffers outside tensors, so the runtime adds no bytes the plan's model lacks
+    (its receive buffers, reduce-scatter copies and autocast cache are in the cost model's memory terms)."""
+    import torch
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        free, total = torch.cuda.mem_get_info(device)
+        own = max(0, (total - free) - torch.cuda.memory_reserved(device))
+        method = ("CUDA: device memory in use (torch.cuda.mem_get_info) beyond torch.cuda.memory_reserved after "
+                  "the probe's collectives, the largest rank's")
+    else:
+        own = 0
+        method = ("CPU: none; a run-report's CPU peak counts tensor storages, and the runtime holds none beside "
+                  "the plan's")
+    largest = torch.tensor([own], dtype=torch.int64, device=device)
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    return {"overhead_bytes": int(largest.item()), "method": method}
+
+
 def bandwidth_worker(opts: BandwidthOptions) -> dict | None:
     """One rank's whole probe; rank 0 returns the hardware-profile document, the others None."""
     from .launch import close_distributed, init_distributed, set_threads
@@ -405,6 +431,7 @@ def bandwidth_worker(opts: BandwidthOptions) -> dict | None:
         collectives = measure_collectives(d, sweep, timer, progress)
         p2p = measure_p2p(d, sweep, timer, progress)
         overlap = measure_overlap(d, sweep, timer, opts.quick) if opts.overlap else None
+        memory = runtime_memory(d.device)
         timer.barrier()
     finally:
         close_distributed()
@@ -418,5 +445,5 @@ def bandwidth_worker(opts: BandwidthOptions) -> dict | None:
                     "world_size": d.world, "device": device_info(d.device), "backend": d.backend},
         "settings": {"dtype": sweep.dtype, "warmup": sweep.warmup, "repeats": sweep.repeats, "quick": opts.quick,
                      "threads_per_rank": threads, "elapsed_s": time.perf_counter() - t_start},
-        "collectives": collectives, "p2p": p2p, "overlap": overlap,
+        "collectives": collectives, "p2p": p2p, "overlap": overlap, "runtime_memory": memory,
     }

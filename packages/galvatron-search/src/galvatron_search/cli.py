@@ -4,6 +4,7 @@
     galvatron-search --memory 32 cost.json -o plan.json
     galvatron-cost fit hw.json model.json | galvatron-search --memory 16 --global-batch 64 --explain -o plan.json
     galvatron-search evaluate hand.json cost.json -o hand-predicted.json
+    galvatron-search show plan.json --report report.json -o plan.html     # a picture: .png, .svg or .html
 
 The plan goes to stdout or ``-o FILE`` (written atomically); the --explain tables, the closing summary line,
 warnings and errors go to stderr. Exit codes: 0 ok; 1 runtime failure; 2 usage; 3 invalid input document;
@@ -20,12 +21,13 @@ from galvatron_contracts.limits import MAX_BATCH, MAX_MEMORY_GIB, MAX_RANKS
 from galvatron_contracts.names import plan_summary
 from galvatron_contracts.options import Finite
 
-from . import __version__
+from . import __version__, show
 from .costs import CostTables
 from .document import baselines, plan_document
 from .evaluate import evaluate_spec, plan_spec, predictions
 from .explain import explain as explain_text
-from .planner import Options, require, run_search
+from .explain import robustness, robustness_text
+from .planner import DEFAULT_MEMORY_MARGIN, Options, require, run_search
 
 
 class DefaultGroup(click.Group):
@@ -52,6 +54,10 @@ def main():
     The predictions of any plan, hand-written ones too:
         galvatron-search evaluate plan.json cost.json
 
+    \b
+    A picture of a plan (PNG, SVG or one HTML page):
+        galvatron-search show plan.json -o plan.html
+
     The plan goes to stdout or -o FILE; --explain tables, the closing summary line, warnings and errors to stderr.
     Exit codes: 0 ok, 1 runtime failure, 2 usage, 3 invalid input document, 4 infeasible.
     """
@@ -76,12 +82,16 @@ def main():
 @click.option("--schedule", "schedule", type=click.Choice(["1f1b", "gpipe"]), help="Fix the schedule (default: both).")
 @click.option("--buckets", type=click.IntRange(min=8, max=65536), default=256, show_default=True,
               help="Memory buckets per stage in the DP (quantisation, rounded up).")
+@click.option("--memory-margin", type=Finite(0, 0.9), default=DEFAULT_MEMORY_MARGIN, show_default=True,
+              help="Share of --memory kept free for what the memory model cannot know (allocator fragmentation, "
+                   "buffers of other libraries); plans fit in the rest. 0 trusts the model to the byte.")
 @click.option("--no-baselines", is_flag=True, help="Skip the baselines in the search record.")
-@click.option("--explain", is_flag=True, help="Print the baselines and the plan per stage on stderr.")
+@click.option("--explain", is_flag=True, help="Print the baselines, the plan per stage and what it rests on that the "
+              "profile did not measure (searched again at 0.5x and 2x the extrapolated bandwidth) on stderr.")
 @click.option("-o", "--output", default="-", metavar="FILE", help="Write the plan to FILE (default: stdout).")
 @exits_cleanly
 def search_cmd(cost_model, memory, global_batch, min_global_batch, max_global_batch, max_tp, max_pp, no_recompute,
-               dp_only, shardings, uniform, schedule, buckets, no_baselines, explain, output):
+               dp_only, shardings, uniform, schedule, buckets, memory_margin, no_baselines, explain, output):
     """Search the fastest plan for COST_MODEL (a cost-model document; '-' reads stdin) under --memory GiB per GPU.
 
     Examples:
@@ -105,7 +115,7 @@ def search_cmd(cost_model, memory, global_batch, min_global_batch, max_global_ba
     tables = CostTables(cm, _name(cost_model))
     opts = Options(memory_bytes=memory * 2 ** 30, global_batch=global_batch, min_global_batch=min_global_batch,
                    max_global_batch=max_global_batch, max_tp=max_tp, max_pp=max_pp, recompute=not no_recompute,
-                   dp_only=dp_only, uniform=uniform, buckets=buckets,
+                   dp_only=dp_only, uniform=uniform, buckets=buckets, memory_margin=memory_margin,
                    shardings=tuple(shardings) or ("ddp", "zero2", "zero3"),
                    schedules=(schedule,) if schedule else ("1f1b", "gpipe"))
     result, _ = run_search(tables, opts)
@@ -114,6 +124,7 @@ def search_cmd(cost_model, memory, global_batch, min_global_batch, max_global_ba
     doc = plan_document(tables, result.spec, opts, time.perf_counter() - t0, result.candidates, base)
     if explain:
         click.echo(explain_text(doc), err=True)
+        click.echo(robustness_text(robustness(tables, result.spec, opts)), err=True)
     write_document(doc, output)
     done(doc, output, f"searched {result.candidates} candidates in {doc['search']['time_s']:.2f} s")
 
@@ -121,7 +132,8 @@ def search_cmd(cost_model, memory, global_batch, min_global_batch, max_global_ba
 @main.command("evaluate")
 @click.argument("plan")
 @click.argument("cost_model")
-@click.option("--explain", is_flag=True, help="Print the plan per stage on stderr.")
+@click.option("--explain", is_flag=True, help="Print the plan per stage and what it rests on that the profile did "
+              "not measure (its throughput at 0.5x and 2x the extrapolated bandwidth) on stderr.")
 @click.option("-o", "--output", default="-", metavar="FILE",
               help="Write the plan with its predictions to FILE (default: stdout).")
 @exits_cleanly
@@ -149,8 +161,57 @@ def evaluate_cmd(plan, cost_model, explain, output):
     doc["predictions"] = predictions(tables, spec, evaluate_spec(tables, spec))
     if explain:
         click.echo(explain_text(doc), err=True)
+        click.echo(robustness_text(robustness(tables, spec, None)), err=True)
     write_document(doc, output)
     done(doc, output, "evaluated")
+
+
+@main.command("show")
+@click.argument("plan")
+@click.option("-o", "--output", metavar="FILE.png|.svg|.html",
+              help="The picture; its suffix picks the format (default: beside PLAN with .png, plan.json -> "
+                   "plan.png; plan.png from stdin). .png and .svg need matplotlib (pip install "
+                   "'galvatron-search[plot]'); .html is one self-contained page and needs nothing.")
+@click.option("--report", metavar="RUN_REPORT",
+              help="A run report of the plan (galvatron-run --report): measured memory and step time beside the "
+                   "predicted.")
+@exits_cleanly
+def show_cmd(plan, output, report):
+    """Draw PLAN (a plan document; '-' reads stdin): layers x stages with each layer's strategy, memory per stage
+    against the budget, the predicted pipeline timeline and where the step goes.
+
+    Examples:
+
+    \b
+    The plan as a PNG beside it (plan.png):
+        galvatron-search show plan.json
+
+    \b
+    One HTML page (no matplotlib needed; hover a box for its numbers), with what a run measured:
+        galvatron-search show plan.json --report report.json -o plan.html
+
+    \b
+    Straight from the search:
+        galvatron-search --memory 32 cost.json | galvatron-search show - -o plan.svg
+
+    Exit codes: 0 ok, 1 cannot write, 2 usage (unknown suffix, .png/.svg without matplotlib), 3 invalid input
+    document (not a plan or run report, a report of another world or stage count).
+    """
+    target = output or show.default_output(plan)
+    fmt = show.output_format(target)
+    if fmt != "html":
+        show.require_matplotlib(fmt)
+    output_path(target)
+    if plan == "-" and report == "-":
+        raise UsageError("only one of PLAN and --report can be stdin")
+    doc = read_one(plan, "plan")
+    run_report = read_one(report, "run-report") if report else None
+    warnings = show.check_pair(doc, run_report, _name(plan), _name(report or "-"))
+    for line in warnings:
+        click.echo(f"warning: {line}", err=True)
+    show.write_bytes(target, show.render(doc, run_report, fmt, warnings))
+    click.echo(f"galvatron-search: drew {plan_summary(doc)}{' with its run report' if report else ''} -> {target}",
+               err=True)
 
 
 def _name(path: str) -> str:

@@ -80,6 +80,7 @@ class PipelineTable:
     p2p: np.ndarray             # (2, L)
     trf: np.ndarray             # (2, L, L): fixed, per-sample of the forward redistribution from -> to
     trb: np.ndarray             # the same, backward
+    p2p_bytes: np.ndarray       # (L,) bytes per sample of one p2p message (one pipelining receive buffer)
 
     @property
     def tr(self) -> np.ndarray:
@@ -139,7 +140,8 @@ class CostTables:
         pipe = PipelineTable(
             pp=int(entry["pp"]), stage_ranks=S, layouts=layouts,
             tp=np.array([lay["tp"] for lay in layouts]), ldp=np.array([lay["dp"] for lay in layouts]),
-            p2p=_lin([lay["p2p"] for lay in layouts], "fixed_s", "per_sample_s"), trf=trf, trb=trb)
+            p2p=_lin([lay["p2p"] for lay in layouts], "fixed_s", "per_sample_s"), trf=trf, trb=trb,
+            p2p_bytes=np.array([float(lay.get("p2p_bytes_per_sample", 0.0)) for lay in layouts]))
         for i, lay in enumerate(layouts):
             key = (lay["tp"], canonical_layout(lay["tp"], lay["tp_layout"], S), bool(lay["sp"]), lay["dp"])
             pipe.layout_index.setdefault(key, i)
@@ -208,6 +210,12 @@ def layer_costs(k: KindTable, b: float, cs: float, ks: float) -> LayerCosts:
     sync = overlap(g, k.sync, cs, ks) - g
     return LayerCosts(fwd=F, bwd=B, comm=fc + bc, exposed=(f_ov - F) + (b_ov - B), t=f + g, f=f, g=g,
                       sync=sync, opt=k.opt, states=k.states, act=lin(k.act, b), ws=lin(k.ws, b))
+
+
+def receive_buffers(pipe: PipelineTable, b: int, m: int) -> np.ndarray:
+    """Bytes per layout of the receive buffers torch.distributed.pipelining keeps for one direction of a stage
+    boundary: one message of b samples per micro-batch, allocated once and kept between steps."""
+    return m * b * pipe.p2p_bytes
 
 
 def layer_memory(states, act, inflight: int):

@@ -63,7 +63,7 @@ def baselines(tables: CostTables, opts: Options) -> list[dict]:
     out = []
     base = Options(memory_bytes=opts.memory_bytes, global_batch=opts.global_batch,
                    min_global_batch=opts.min_global_batch, max_global_batch=opts.max_global_batch,
-                   buckets=opts.buckets)
+                   buckets=opts.buckets, memory_margin=opts.memory_margin)
     for name, desc, restrict in BASELINES:
         if restrict is None:
             restrict = dict(pp=(1,), tp=(min(tables.gpus_per_node, tables.world),), tp_layouts=("consecutive",),
@@ -71,7 +71,7 @@ def baselines(tables: CostTables, opts: Options) -> list[dict]:
         o = dataclasses.replace(base, uniform=True, **restrict)
         best = (0.0, None, None)
         for B in global_batches(tables, o):
-            T, spec, _ = uniform_best(tables, o, B, o.memory_bytes)
+            T, spec, _ = uniform_best(tables, o, B, o.usable_bytes)
             if spec is not None and T < INF and B / T > best[0]:
                 best = (B / T, spec, T)
         rec = {"name": name, "description": desc, "feasible": best[1] is not None}

@@ -11,14 +11,21 @@ Composition, for pp stages, micro-batch size b, m micro-batches (K = m + pp - 1)
     x_i   = the stage's once-per-iteration gradient all-reduce (ddp) not hidden by its last backward
     o_i   = the optimizer step after it: the cost model's optimizer_step.fixed_s + the stage's layers'
             optimizer_step_s (per parameter held; 0 in documents without them)
-    c_i   = K * t_i + x_i + o_i     (m micro-batches and pp - 1 slots of fill and drain, the exposed sync, the step)
+    s     = the cost model's step_overhead_s: the runtime's per-step synchronisation (and, calibrated, the rest
+            of a step's measured remainder), the same on every stage, once per iteration (0 before cost-model 1.2;
+            `step_overhead`, which the planner adds to its DP values as it adds optimizer_step.fixed_s)
+    c_i   = K * t_i + x_i + o_i + s (m micro-batches and pp - 1 slots of fill and drain, the exposed sync, the step,
+                                     the overhead)
     T     = max_i c_i               >= (m + pp - 1) * slowest stage: the bubble is (pp - 1) x the slowest stage
-    mem_i = states + inflight_i * activations + max workspace + runtime overhead
-            (inflight: 1F1B min(pp - i, m), GPipe m)
+    mem_i = states + inflight_i * activations + receive buffers + max workspace + runtime overhead
+            (inflight: 1F1B min(pp - i, m), GPipe m; receive buffers, counted with the activations: m messages
+            of b samples in the previous stage's exit layout (i > 0) and m in this stage's exit layout (the
+            gradients coming back, i < pp - 1), which torch.distributed.pipelining allocates once and keeps)
 
 The quantisation rule the search works under (conservative: never below the exact bytes): with
 avail = budget - overhead and a unit of avail / U bytes (U = buckets, default 256), a stage fits when
-sum over its layers of ceil(layer_bytes / unit) + ceil(max workspace / unit) <= U.
+sum over its layers of ceil(layer_bytes / unit) + ceil(max workspace / unit) + ceil(each direction's receive
+buffers / unit) <= U.
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ from galvatron_contracts.pipeline import in_flight
 from galvatron_contracts.plan import Plan, Strategy, check_world
 from galvatron_contracts.ranks import canonical_layout
 
-from .costs import SHARDINGS, CostTables, layer_memory, units
+from .costs import SHARDINGS, CostTables, layer_memory, receive_buffers, units
 from .errors import InfeasibleError
 
 
@@ -56,6 +63,11 @@ def _chain(spec: Spec, L: int):
         out += [("decoder", spec.dec[j], i) for j in range(spec.bounds[i], spec.bounds[i + 1])]
     out.append(("head", spec.head, spec.pp - 1))
     return out
+
+
+def step_overhead(tables: CostTables) -> float:
+    """Seconds every iteration adds on every stage beside the layers and the optimizer step (0 where absent)."""
+    return float(tables.doc.get("step_overhead_s", 0.0))
 
 
 def evaluate_spec(tables: CostTables, spec: Spec, budget: float | None = None, buckets: int = 256) -> dict:
@@ -101,18 +113,24 @@ def evaluate_spec(tables: CostTables, spec: Spec, budget: float | None = None, b
         st["last_layout"] = lay
         st.setdefault("mems", []).append(layer_memory(lc.states[row], lc.act[row], st["inflight"]))
         prev_layout = lay
+    bufs = receive_buffers(pipe, b, m)
     for i, st in enumerate(stages):
+        st["buffers"] = []
+        if i > 0:
+            st["buffers"].append(bufs[stages[i - 1]["last_layout"]])
         if i < p - 1:
             st["p2p"] += p2p[st["last_layout"]]
             st["f"] += p2p[st["last_layout"]]
+            st["buffers"].append(bufs[st["last_layout"]])
         st["t"] = st["compute_fwd"] + st["compute_bwd"] + st["comm"] + st["exposed"] + st["transitions"] + st["p2p"]
-        st["c"] = K * st["t"] + st["sync"] + st["opt"]
-        st["activations"] = st["inflight"] * st["act"]
+        st["c"] = K * st["t"] + st["sync"] + st["opt"] + step_overhead(tables)
+        st["activations"] = st["inflight"] * st["act"] + sum(st["buffers"])
         st["total"] = st["params"] + st["grads"] + st["optim"] + st["activations"] + st["ws"] + tables.overhead
         if budget is not None:
             avail = budget - tables.overhead
             st["fits"] = bool(avail > 0 and units(np.array(st["mems"]), buckets, avail).sum()
-                              + units(st["ws"], buckets, avail) <= buckets)
+                              + units(st["ws"], buckets, avail) + units(np.array(st["buffers"]), buckets, avail).sum()
+                              <= buckets)
     crit = max(range(p), key=lambda i: stages[i]["c"])
     T = stages[crit]["c"]
     result = dict(iteration_time_s=T, critical_stage=crit, stages=stages, K=K)
@@ -138,6 +156,7 @@ def predictions(tables: CostTables, spec: Spec, result: dict) -> dict:
         "pipeline_bubble_s": (spec.pp - 1) * st["t"],
         "grad_sync_exposed_s": st["sync"],
         "optimizer_step_s": st["opt"],
+        "step_overhead_s": step_overhead(tables),
     }
     return {
         "iteration_time_s": T,
