@@ -332,7 +332,7 @@ def run_report(plan, steps, warmup, loss0, step_s, torch_version, method, peaks)
                        "achieved_tflops_per_device": r6(achieved / world), "peak_tflops": peak,
                        "mfu": r6(achieved / (peak * world)) if peak else None},
         "memory": {"method": method, "ranks": ranks},
-        "breakdown": breakdown(plan, median, warmup + 1),
+        "breakdown": breakdown(plan, median, max(warmup + 1, steps // 2)),
     }
     if "predictions" in plan:
         pred = plan["predictions"]
@@ -354,8 +354,9 @@ SHARES = {"forward_compute_s": 0.26, "backward_compute_s": 0.44, "recompute_s": 
 
 
 def breakdown(plan: dict, step_s: float, step: int) -> dict:
-    """A measured breakdown of the timed ``step`` (the one after the memory-profiled one) on every rank: fixed shares of ``step_s`` (other_s the rest, so the
-    components sum to step_s), the layers' forward and backward split evenly, one grad-sync all_reduce per layer."""
+    """A measured breakdown of the timed ``step`` (the run's middle one, after the memory-profiled one): fixed
+    shares of ``step_s`` (other_s the rest, so the components sum to step_s), the layers' forward and backward split
+    evenly, one grad-sync all_reduce per layer."""
     layers = plan["layers"]
     ranks = []
     for st in plan["stages"]:
@@ -388,9 +389,9 @@ def breakdown_comparison(pred: dict, measured: dict) -> dict:
              "tp_communication_s": c["tp_communication_s"], "zero_communication_exposed_s": c["zero_communication_s"],
              "layout_transitions_s": c["layout_transitions_s"], "pipeline_p2p_s": c["pipeline_p2p_s"],
              "pipeline_bubble_s": c["pipeline_idle_s"], "grad_sync_exposed_s": c["grad_sync_s"],
-             "optimizer_step_s": c["optimizer_step_s"]}
+             "optimizer_step_s": c["optimizer_step_s"], "step_overhead_s": c["step_sync_s"]}
     components = {k: ratio_entry(pred["breakdown"].get(k, 0.0), v) for k, v in pairs.items()}
-    components.update({k: ratio_entry(0.0, c[k]) for k in ("step_sync_s", "other_s")})
+    components["other_s"] = ratio_entry(0.0, c["other_s"])
     return {"rank": crit["rank"], "stage": crit["stage"], "step": ratio_entry(pred["iteration_time_s"], crit["step_s"]),
             "components": components}
 

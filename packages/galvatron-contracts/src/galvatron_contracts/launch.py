@@ -41,6 +41,14 @@ from .documents import DocumentError, GalvatronError, UsageError, output_path
 LAUNCH_DIR = "GALVATRON_LAUNCH_DIR"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
+# libkineto, the CPU profiler galvatron-run's ranks measure memory with, writes "USDT:... profiler_start" and
+# "profiler_stop" to stderr at every profiled step. USDT is its highest severity (5, above ERROR 4): only level 6
+# hides it, and libkineto's own ERROR lines with it. Those come from its config file, daemon, trace files and GPU
+# buffers, none of which the ranks' in-memory CPU profiling uses unless the user configured libkineto (then it is
+# left as the user set it); Python's, torch's and gloo's messages do not pass through libkineto.
+QUIET_KINETO_LOG_LEVEL = "6"
+KINETO_SETTINGS = ("KINETO_LOG_LEVEL", "KINETO_CONFIG", "KINETO_USE_DAEMON")
+
 # The child torchrun: torch's own launcher, reporting to the launch directory instead of logging and raising.
 _TORCHRUN = """\
 # torchrun, reporting to galvatron_contracts.launch
@@ -311,9 +319,13 @@ def supervise(cmd: Sequence[str], ranks: int, *, stop_timeout_s: float = 30.0, e
 
 def launch(module: str, args: Sequence[str], nproc: int, *, stop_timeout_s: float = 30.0) -> int:
     """``python -m torch.distributed.run --standalone --nproc-per-node nproc -m module args``, supervised; returns
-    the exit code. ``stop_timeout_s``: how long the ranks get to stop (finish the step, save) after a signal."""
+    the exit code. ``stop_timeout_s``: how long the ranks get to stop (finish the step, save) after a signal.
+    The ranks run with one OpenMP thread and, unless the caller configured libkineto, without its per-step
+    "USDT: profiler_start/stop" lines (QUIET_KINETO_LOG_LEVEL)."""
     cmd = [sys.executable, "-c", _TORCHRUN, "--standalone", f"--nproc-per-node={nproc}", "-m", module, *args]
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),  # torchrun's default, set: it does not warn
            # its wait between SIGTERM and SIGKILL to the ranks (an older torch ignores it and waits 30 s)
            "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(math.ceil(stop_timeout_s))}
+    if not any(name in os.environ for name in KINETO_SETTINGS):
+        env["KINETO_LOG_LEVEL"] = QUIET_KINETO_LOG_LEVEL
     return supervise(cmd, nproc, stop_timeout_s=stop_timeout_s, env=env)

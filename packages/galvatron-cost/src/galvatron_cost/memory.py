@@ -3,7 +3,8 @@
 Notation: P elements of the layer's TP shard (one rank's, replicated tensors included), d the layer's dp degree,
 e bytes per element of the compute dtype (fp32 4, bf16 2), P_d = sum over the shard's tensors of
 ceil(dim0 / d) * (numel / dim0): FSDP2 shards every tensor on dim 0 and pads dim 0 to a multiple of d.
-AdamW holds 2 fp32 states per parameter (8 B), plain SGD none. Gradients are reduced in fp32.
+AdamW holds 2 fp32 states per parameter (8 B), SGD with momentum (galvatron-run's) one (4 B). Gradients are
+reduced in fp32.
 
     sharding  param_bytes              grad_bytes   optimizer_bytes   workspace (transient, fixed part)
     ddp       4P (bf16: + 2P autocast  4P           8P                e*P fresh grads (bf16: + 4P fp32 cast of
@@ -34,7 +35,7 @@ from __future__ import annotations
 import math
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2}
-OPTIMIZER_STATES = {"adamw": 2, "sgd": 0}
+OPTIMIZER_STATES = {"adamw": 2, "sgd": 1}      # fp32 states per parameter: AdamW's two moments, SGD's momentum
 
 
 Shapes = list[tuple[int, int]]

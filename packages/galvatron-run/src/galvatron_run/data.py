@@ -10,6 +10,7 @@ seed), and ``state()`` / ``load_state()`` carry what a checkpoint must keep.
     src = make_data_source("corpus.txt", vocab_size=256, seq_len=64, global_batch=8, seed=1)  # UTF-8 bytes
     src = make_data_source("train.bin", vocab_size=50304, seq_len=1024, global_batch=8, seed=1,
                            dtype="uint16")                                                    # token file
+    src = make_data_source("data/train", vocab_size=50304, seq_len=1024, global_batch=8, seed=1)  # .bin + .idx
     x, y = src.batch(0); vx, vy = src.validation_batch(0)
 
 Formats (README-data-checkpoints.md has the commands that make them):
@@ -17,12 +18,17 @@ Formats (README-data-checkpoints.md has the commands that make them):
     preprocessing writes with ``np.array(ids, dtype=np.uint16).tofile(path)``). Its dtype comes from a sidecar
     ``<file>.json`` ``{"dtype": "uint16", "vocab_size": 50257}`` or from ``dtype=`` (``--data-dtype``).
   * ``.npy``: a one-dimensional unsigned integer array saved by ``np.save`` (dtype read from its header).
+  * Megatron-LM's indexed dataset, ``PREFIX.bin`` + ``PREFIX.idx`` (indexed.py; what ``galvatron-run
+    prepare-data`` writes), named as PREFIX, PREFIX.bin or PREFIX.idx: its documents' ids, concatenated in
+    order, are the token stream (a .bin without an .idx beside it is a raw token file).
   * text (``.txt``, ``.text``, ``.md``): UTF-8, tokenised byte by byte (vocabulary 256, no external tokenizer).
-  * a directory holding ``train.<ext>`` and optionally ``val.<ext>`` in one of the formats above; without a
-    ``val`` file the validation split is the tail ``val_fraction`` of the training file.
+  * a directory holding ``train.<ext>`` (or the pair ``train.bin`` + ``train.idx``) and optionally ``val.<ext>``
+    in one of the formats above; without a ``val`` file the validation split is the tail ``val_fraction`` of the
+    training file.
 
 Training samples are windows of seq_len + 1 consecutive tokens starting at offsets drawn uniformly from the
-training split by a generator seeded with (seed, step); validation batch i takes the non-overlapping windows
+training split by a generator seeded with (seed, step) (windows cross document boundaries, as Megatron's
+GPTDataset samples do; ``prepare-data --append-eos`` marks them); validation batch i takes the non-overlapping windows
 i*B .. i*B + B - 1 of the validation split (wrapping around), so a full pass needs ``num_validation_batches``.
 Bad data raises DocumentError (exit 3) naming the file and the reason.
 """
@@ -41,9 +47,12 @@ import torch
 
 from galvatron_contracts.documents import DocumentError, UsageError
 
+from . import indexed
+
 CORPUS = Path(__file__).parent / "corpus" / "english.txt"  # shipped byte-level corpus (public domain, see NOTICE)
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 TOKEN_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32}
+DATA_FORMATS = ("tokens", "text", "npy", "megatron")
 DEFAULT_VAL_FRACTION = 0.1
 _SCAN_CHUNK = 1 << 24  # elements per chunk when scanning a memory-mapped file once for its largest id
 
@@ -123,9 +132,16 @@ def _check_utf8(path: Path) -> None:
 
 
 class TokenArray:
-    """One memory-mapped file of token ids, checked: ``tokens`` (1-D numpy), ``fmt``, ``declared_vocab``."""
+    """One memory-mapped file of token ids, checked: ``tokens`` (1-D numpy), ``fmt``, ``declared_vocab``.
+
+    ``path`` is the file the ids are read from (the .bin of an indexed dataset)."""
 
     def __init__(self, path: str | Path, fmt: str | None = None, dtype: str | None = None):
+        if fmt not in (None, *DATA_FORMATS):
+            raise UsageError(f"--data-format: expected one of {', '.join(DATA_FORMATS)}, got {fmt!r}")
+        if fmt == "megatron" or (fmt is None and indexed.prefix_of(path) is not None):
+            self._open_indexed(indexed.strip_suffix(path), dtype)     # Megatron's PREFIX.bin + PREFIX.idx
+            return
         self.path = path = Path(path)
         if not path.exists():
             raise DocumentError(str(path), "no such file")
@@ -136,8 +152,6 @@ class TokenArray:
             raise DocumentError(str(path), "empty file: no tokens")
         if dtype is not None and dtype not in TOKEN_DTYPES:
             raise UsageError(f"--data-dtype: expected one of {', '.join(TOKEN_DTYPES)}, got {dtype!r}")
-        if fmt not in (None, "tokens", "text", "npy"):
-            raise UsageError(f"--data-format: expected tokens, text or npy, got {fmt!r}")
         meta = _sidecar(path) if fmt in (None, "tokens") else None
         suffix = path.suffix.lower()
         if fmt is None:
@@ -179,6 +193,13 @@ class TokenArray:
             self.tokens = np.memmap(path, dtype=TOKEN_DTYPES[name], mode="r")
             self.declared_vocab = (meta or {}).get("vocab_size")
 
+    def _open_indexed(self, prefix: Path, dtype: str | None) -> None:
+        if dtype is not None:
+            raise UsageError(f"--data-dtype does not apply to {prefix}.bin: its .idx names the dtype")
+        self.dataset = indexed.IndexedDataset(prefix)
+        self.path, self.fmt, self.declared_vocab = self.dataset.bin_path, "megatron", None
+        self.tokens = self.dataset.tokens
+
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
@@ -202,11 +223,17 @@ class TokenArray:
             raise DocumentError(where, f"negative token id {lo}")
         if hi >= vocab_size:
             what = "byte value" if self.fmt == "text" else "token id"
-            raise DocumentError(where, f"{what} {hi} at offset {self.first_offset(hi)} is outside the model's "
+            raise DocumentError(where, f"{what} {hi} at {self._place(self.first_offset(hi))} is outside the model's "
                                        f"vocabulary (ids must be < {vocab_size})")
         if self.declared_vocab is not None and hi >= self.declared_vocab:
             raise DocumentError(where, f"token id {hi} is outside the vocabulary its sidecar declares "
                                        f"({self.declared_vocab})")
+
+    def _place(self, offset: int) -> str:
+        """'offset N', with the document an indexed dataset holds it in."""
+        if self.fmt != "megatron":
+            return f"offset {offset}"
+        return f"offset {offset} (document {self.dataset.document_at(offset)})"
 
     def first_offset(self, value: int) -> int:
         for start in range(0, len(self), _SCAN_CHUNK):
@@ -238,7 +265,7 @@ class TokenFileData:
             raise UsageError(f"seq_len and global_batch must be positive, got {seq_len} and {global_batch}")
         self.vocab_size, self.seq_len, self.global_batch, self.seed = vocab_size, seq_len, global_batch, seed
         self.files = [train] + ([val] if val is not None else [])
-        self.kind = train.fmt if train.fmt != "npy" else "tokens"
+        self.kind = "text" if train.fmt == "text" else "tokens"     # the run-report's kinds: npy and megatron are ids
         self.path = str(train.path)
         for f in self.files:
             f.check_vocab(vocab_size)
@@ -303,14 +330,16 @@ class TokenFileData:
 
 def _directory_files(path: Path) -> tuple[Path, Path | None]:
     def pick(stem):
-        found = sorted(p for p in path.iterdir() if p.stem == stem and p.suffix != ".json" and p.is_file())
+        found = sorted(p for p in path.iterdir() if p.stem == stem and p.suffix != ".json" and p.is_file()
+                       and not (p.suffix == ".idx" and (path / f"{stem}.bin").is_file()))  # the pair is one
         if len(found) > 1:
             raise DocumentError(str(path), f"several {stem} files ({', '.join(p.name for p in found)}); keep one")
         return found[0] if found else None
 
     train = pick("train")
     if train is None:
-        raise DocumentError(str(path), "a data directory needs a train file (train.bin, train.npy or train.txt)")
+        raise DocumentError(str(path), "a data directory needs a train file (train.bin, train.npy, train.txt, or "
+                                       "train.bin + train.idx)")
     return train, pick("val")
 
 
@@ -320,9 +349,10 @@ def make_data_source(path: str | None, *, vocab_size: int, seq_len: int, global_
     """The data source for ``--data PATH`` (None: random tokens).
 
     ``dtype`` (``--data-dtype``) names a token file's dtype when it has no sidecar; ``data_format``
-    (``--data-format``: tokens, text, npy) overrides detection by sidecar and suffix; ``val_fraction``
-    (``--val-fraction``) is the tail held out for validation unless ``val_path`` or a directory's val file
-    gives one. Raises DocumentError (exit 3) for bad data and UsageError (exit 2) for bad options."""
+    (``--data-format``: tokens, text, npy, megatron) overrides detection by .idx partner, sidecar and suffix;
+    ``val_fraction`` (``--val-fraction``) is the tail held out for validation unless ``val_path`` or a
+    directory's val file gives one. Raises DocumentError (exit 3) for bad data and UsageError (exit 2) for bad
+    options."""
     if options:
         raise UsageError(f"unknown data option(s): {', '.join(sorted(options))}")
     if path is None:

@@ -17,10 +17,10 @@ from galvatron_contracts.devices import cpu_name
 from galvatron_contracts.documents import digest, write_document
 
 from . import checkpoint as ckpt
-from . import failures
+from . import failures, hf_io
 from .data import DEFAULT_VAL_FRACTION, make_data_source
 from .plan import Plan, checked_plan
-from .report import build_report
+from .report import breakdown_table, build_report
 from .train import build_state, log, train, validation_loss
 
 
@@ -54,6 +54,8 @@ class LongRun:
     resume_or_start: bool = False      # with resume: start from step 0 when no checkpoint is usable (else exit 3)
     init_from: str | None = None
     export_path: str | None = None
+    init_from_hf: str | None = None    # a Hugging Face checkpoint directory (replaces the seeded initialisation)
+    export_hf: str | None = None       # ... written here at the end (an existing one replaced: checked by the CLI)
 
     def data_source(self, plan: dict):
         tr = plan["training"]
@@ -97,8 +99,18 @@ def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int
     try:
         if opts.checkpoint_dir:        # held by rank 0 until the end: another run on the directory exits 2
             lock = ckpt.lock_directory(opts.checkpoint_dir)
+        hf_ckpt = None
+        if opts.init_from_hf:              # headers and config only; each rank then reads the slices it holds
+            hf_ckpt = hf_io.HFCheckpoint.open(opts.init_from_hf)
+            hf_ckpt.check(run_plan["model"], plan_path or "the plan")
+            if rank == 0:
+                for note in hf_ckpt.notes():
+                    log(f"{opts.init_from_hf}: {note}")
         with watchdog.phase("building the model, meshes and schedule"):
-            state = build_state(run_plan, device, steps=steps, timeout_s=timeout_s)
+            state = build_state(run_plan, device, steps=steps, timeout_s=timeout_s,
+                                init=hf_ckpt.load_into if hf_ckpt else None)
+        if hf_ckpt and rank == 0:
+            log(f"initialised from {opts.init_from_hf} (rank 0 read {hf_ckpt.read_bytes / 2**20:.2f} MiB)")
         if build_hook is not None:
             build_hook(state)
         tr = run_plan["training"]
@@ -140,8 +152,15 @@ def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int
             result = train(state, data, steps, warmup_steps=warmup_steps, callback=after_step, phase=watchdog.phase)
         if opts.export_path:
             ckpt.export_full(opts.export_path, state.model_parts)
+        if opts.export_hf:
+            with watchdog.phase(f"exporting to {opts.export_hf}", timeout_s=None):
+                files = hf_io.export_hf(state, opts.export_hf, base_config=hf_ckpt.config if hf_ckpt else None)
+            if rank == 0:
+                log(f"exported {opts.export_hf}: {', '.join(files)}")
         memory = [None] * dist.get_world_size()
         dist.all_gather_object(memory, result["memory"])
+        times = [None] * dist.get_world_size()
+        dist.all_gather_object(times, result["breakdown"])
         doc = None
         if rank == 0:
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
@@ -156,7 +175,7 @@ def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int
             doc = build_report(plan, plan_path=plan_path, steps=result["steps"], memory=memory, world=world,
                                backend=backend, device=_device_info(device), threads=torch.get_num_threads(),
                                nodes=max(1, world // max(1, local_world)), settings=settings,
-                               peak_tflops=peak_tflops)
+                               peak_tflops=peak_tflops, breakdown=times)
             if validation:
                 doc["validation"] = validation
             write_document(doc, report_path or "-")
@@ -164,6 +183,9 @@ def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int
             log(f"median step {t['iteration_time_s']:.3f}s, {t['samples_per_s']:.2f} samples/s, "
                 f"{t['tokens_per_s']:.0f} tokens/s, {t['achieved_tflops']:.4f} TFLOP/s"
                 + (f", MFU {t['mfu']:.3f}" if t["mfu"] is not None else ""))
+            table = breakdown_table(doc)
+            if table is not None:
+                log(table)
         dist.barrier()
         state.env.close()
         return doc

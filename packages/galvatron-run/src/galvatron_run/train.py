@@ -23,8 +23,10 @@ from torch import nn
 
 from galvatron_models import Decoder, ce_loss_sum, initial_value, vocab_parallel_ce_sum
 
+from .breakdown import TRANSITION, StepTimes, mark, timed
 from .measure import PeakMemory, SavedTensors, peak_rss_bytes, tensor_bytes
 from .parallel import Env, Unit, clip_grads, local, make_env, make_schedule, move, parallelize_stage, sync_grads
+from .parallel.buckets import DdpBuckets
 from .plan import Layout, vocab_shard
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -49,21 +51,26 @@ class Stage(Decoder):
         self.out_layout = lays["head"] if self.head is not None else cur
 
     def forward(self, x):
+        """Each plan entry and each layout change runs through ``timed`` under its name (a timed step records
+        them: breakdown.py)."""
         env, lays = self._env, self._lays
         if self.embedding is not None:
             r0, nr, _, _ = lays["embedding"].block(env.j, self._b, self._s)
-            x = self.embedding(x[r0:r0 + nr])
+            x = timed("embedding", self.embedding, x[r0:r0 + nr])
             cur = lays["embedding"]
         else:
             cur = self._in
         for i, block in self.layers.items():
             lay = lays[int(i)]
-            x = move(x, cur, lay, env)
+            x = self._move(x, cur, lay)
             cur = lay
-            x = block(x)
+            x = timed(f"layers[{i}]", block, x)
         if self.head is not None:
-            return self.head(move(x, cur, lays["head"], env))
+            return timed("head", self.head, self._move(x, cur, lays["head"]))
         return x.to(self._act)
+
+    def _move(self, x, src: Layout | None, dst: Layout):
+        return x if src == dst else timed(TRANSITION, move, x, src, dst, self._env)
 
 
 def lr_at(step: int, opt: dict, steps: int) -> float:
@@ -127,8 +134,10 @@ class TrainState:
 
 
 def build_state(plan: dict, device: torch.device, *, dtype: str | None = None, steps: int = 1,
-                seq_len: int | None = None, timeout_s: float = 60.0) -> TrainState:
+                seq_len: int | None = None, timeout_s: float = 60.0,
+                init: Callable[[nn.Module], None] | None = None) -> TrainState:
     """Groups, meshes, modules (initialised identically for every plan), their parallelism, optimizer, schedule.
+    ``init(model)`` fills the materialised parameters instead of the seeded initialisation (hf_io's loader).
 
     Tied embeddings: with one stage the head uses the embedding's weight (one parameter); with pp > 1 the last
     stage holds a copy, initialised equal, whose gradient ``sync_grads`` sums with the first stage's."""
@@ -137,34 +146,16 @@ def build_state(plan: dict, device: torch.device, *, dtype: str | None = None, s
     seq = seq_len or plan["training"]["seq_len"]
     env = make_env(plan, device, timeout_s)
     pp, k = env.pp, env.stage
-    st = plan["stages"][k]
     first, last = k == 0, k == pp - 1
-    ids = list(range(st["layer_start"], st["layer_end"]))
-    with torch.device("meta"):                # nothing is allocated until the parameters are sharded
-        model = Stage(spec, ids, first, last, tie=spec["tied_embeddings"])     # ties only a stage holding both
-    lays = {"embedding": Layout.of(plan["embedding"]), "head": Layout.of(plan["head"])}
-    lays.update({i: Layout.of(plan["layers"][i]) for i in range(len(plan["layers"]))})
-    in_layout = None
-    if not first:
-        prev = plan["stages"][k - 1]
-        in_layout = lays[prev["layer_end"] - 1] if prev["layer_end"] > prev["layer_start"] else None
-        if in_layout is None:          # walk back over stages without decoder layers
-            for kk in range(k - 1, -1, -1):
-                p_st = plan["stages"][kk]
-                if p_st["layer_end"] > p_st["layer_start"]:
-                    in_layout = lays[p_st["layer_end"] - 1]
-                    break
-            else:
-                in_layout = lays["embedding"]
-    b = plan["micro_batch_size"]
     act = DTYPES[dtype]
-    model.configure(env, lays, in_layout, b, seq, act)
-
-    units = parallelize_stage(model, plan, lays, env, seq, act)
+    model, units, lays, in_layout = build_stage(plan, env, seq, act)
     model.to_empty(device=device)
     if first and last and spec["tied_embeddings"]:
         model.head.out.weight = model.embedding.tok.weight     # to_empty gives a plain tensor one copy per name
-    init_local_shards(model, spec, plan["training"].get("seed", 1234))
+    if init is not None:
+        init(model)
+    else:
+        init_local_shards(model, spec, plan["training"].get("seed", 1234))
 
     opt = {"name": "adamw", **plan["training"]["optimizer"]}
     optimizer = make_optimizer(list(model.parameters()), opt)
@@ -185,6 +176,39 @@ def build_state(plan: dict, device: torch.device, *, dtype: str | None = None, s
     if pp > 1:
         state.schedule = make_schedule(model, env, plan, seq, act, in_layout, model.out_layout, state.loss_fn)
     return state
+
+
+def build_stage(plan: dict, env: Env, seq: int, act: torch.dtype) -> tuple[Stage, list[Unit], dict, Layout | None]:
+    """This rank's pipeline stage on the meta device with the plan's parallelism applied (tensor parallel,
+    recompute, FSDP2): the shapes, placements and meshes of every parameter, nothing allocated. ``build_state``
+    materialises it; ``dryrun`` inspects it under a fake process group.
+
+    Returns (stage, its units, {"embedding" | "head" | layer index: Layout}, the layout of the stage's input:
+    None on the first stage)."""
+    spec = plan["model"]
+    k = env.stage
+    st = plan["stages"][k]
+    first, last = k == 0, k == env.pp - 1
+    ids = list(range(st["layer_start"], st["layer_end"]))
+    with torch.device("meta"):                # nothing is allocated until the parameters are sharded
+        model = Stage(spec, ids, first, last, tie=spec["tied_embeddings"])     # ties only a stage holding both
+    lays = {"embedding": Layout.of(plan["embedding"]), "head": Layout.of(plan["head"])}
+    lays.update({i: Layout.of(plan["layers"][i]) for i in range(len(plan["layers"]))})
+    in_layout = None
+    if not first:
+        prev = plan["stages"][k - 1]
+        in_layout = lays[prev["layer_end"] - 1] if prev["layer_end"] > prev["layer_start"] else None
+        if in_layout is None:          # walk back over stages without decoder layers
+            for kk in range(k - 1, -1, -1):
+                p_st = plan["stages"][kk]
+                if p_st["layer_end"] > p_st["layer_start"]:
+                    in_layout = lays[p_st["layer_end"] - 1]
+                    break
+            else:
+                in_layout = lays["embedding"]
+    model.configure(env, lays, in_layout, plan["micro_batch_size"], seq, act)
+    units = parallelize_stage(model, plan, lays, env, seq, act)
+    return model, units, lays, in_layout
 
 
 @torch.no_grad()
@@ -243,9 +267,16 @@ def local_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, backward: bo
 
 
 def pipelined_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, backward: bool = True) -> list[torch.Tensor]:
-    """All micro-batches through the pipeline schedule; returns the losses (on the last stage; elsewhere none)."""
-    run = state.schedule.step if backward else state.schedule.eval
+    """All micro-batches through the pipeline schedule; returns the losses (on the last stage; elsewhere none).
+
+    The schedule is told not to return the last stage's outputs: it would keep every micro-batch's logits until
+    the next step (m x b x s x V/tp values), memory no plan accounts for and nothing here reads."""
     losses: list[torch.Tensor] = []
+    if backward:
+        def run(*args, **kw):
+            return state.schedule.step(*args, return_outputs=False, **kw)
+    else:
+        run = state.schedule.eval
     if state.first:
         run(x)
     elif state.last:
@@ -280,19 +311,25 @@ def train_step(state: TrainState, data, memory: PeakMemory | None = None, saved:
     state.optimizer.zero_grad(set_to_none=True)
     dist.barrier()
     t0 = time.perf_counter()
+    mark("micro_batches")          # the phases of a timed step (breakdown.py); no-ops otherwise
     with (memory.measure() if memory else contextlib.nullcontext()):
-        with (saved.hooks() if saved else contextlib.nullcontext()):
+        ddp = DdpBuckets(state.units, state.env)      # all-reduced during the last micro-batch's backward
+        with (saved.hooks() if saved else contextlib.nullcontext()), ddp.armed(plan["micro_batches"]):
             loss = _step_loss(state, x, y)
-        sync_grads(state.units, state.env, state.tie, state.tie_same_layout)
+        mark("grad_sync")
+        sync_grads(state.units, state.env, state.tie, state.tie_same_layout, ddp)
         if memory is not None:
             acc["grad_bytes"] = tensor_bytes(local(p.grad) for p in state.model.parameters() if p.grad is not None)
+        mark("optimizer")
         max_norm = plan["training"]["optimizer"].get("grad_clip", 1.0)
         norm = clip_grads(state.units, max_norm, state.skip_norm, state.env.device)
         state.optimizer.step()
         state.scheduler.step()
+    mark("step_sync")
     dist.all_reduce(loss)
     dist.barrier()
     elapsed = time.perf_counter() - t0
+    mark("end")
     t = torch.tensor([elapsed], dtype=torch.float64, device=state.env.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     record = {"step": state.step, "loss": float(loss), "time_s": float(t),
@@ -303,24 +340,41 @@ def train_step(state: TrainState, data, memory: PeakMemory | None = None, saved:
 
 def train(state: TrainState, data, steps: int, *, warmup_steps: int = 0,
           callback: Callable[[TrainState, dict], bool | None] | None = None, measure_memory: bool = True,
-          phase: Callable[[str], contextlib.AbstractContextManager] | None = None) -> dict:
-    """Run until ``state.step == steps``; returns {"steps": records, "memory": this rank's measurement or None}.
+          phase: Callable[[str], contextlib.AbstractContextManager] | None = None,
+          measure_time: bool | None = None) -> dict:
+    """Run until ``state.step == steps``; returns {"steps": records, "memory": this rank's measurement or None,
+    "breakdown": this rank's time breakdown of one step (breakdown.py) or None}.
+
+    With ``measure_memory`` one step (the second) is profiled for memory; with ``measure_time`` (default: as
+    ``measure_memory``) one later step is timed by component: the middle one of the run, at least the one after the
+    memory profile (the steps just after it are still warming up here: 1.1-1.4x the median). Timing the
+    memory-profiled step itself would time the profiler: its per-op events slow these small models' steps 1.4-2.4x.
 
     ``callback(state, record)`` runs after every step on every rank (checkpointing plugs in here); a true result
     stops the loop at that step boundary (a stop request). ``phase(name)`` wraps each step (the watchdog's phases,
     so a stalled collective is reported with the step it stalled in)."""
-    records, mem_out = [], None
+    records, mem_out, times_out = [], None, None
     profile_at = None
     if measure_memory and state.step < steps:
         # The second step when there is one: optimizer states exist, so the peak is the steady-state one.
         profile_at = state.step + 1 if steps - state.step >= 2 else state.step
+    time_at = None
+    if measure_memory if measure_time is None else measure_time:
+        after = profile_at + 1 if profile_at is not None else state.step + 1
+        time_at = max(after, (state.step + steps) // 2) if after < steps else None
     while state.step < steps:
         profiled = state.step == profile_at
         memory = PeakMemory(state.env.device) if profiled else None
         saved = SavedTensors() if profiled else None
+        times = StepTimes(state) if state.step == time_at else None
         with phase(f"step {state.step}") if phase else contextlib.nullcontext():
-            record, acc = train_step(state, data, memory, saved)
+            with times.recording() if times else contextlib.nullcontext():
+                record, acc = train_step(state, data, memory, saved)
         record["warmup"] = record["step"] < warmup_steps or profiled
+        if times is not None:
+            times_out = times.result()
+            if times_out is not None:
+                times_out["profiled_step"] = record["step"]
         if profiled:
             mem_out = {"peak_bytes": int(memory.peak), "baseline_bytes": int(memory.baseline), "method": memory.method,
                        "profiled_step": record["step"], "process_peak_rss_bytes": peak_rss_bytes(),
@@ -337,7 +391,7 @@ def train(state: TrainState, data, steps: int, *, warmup_steps: int = 0,
                 f"{' (excluded)' if record['warmup'] else ''}")
         if callback is not None and callback(state, record):
             break
-    return {"steps": records, "memory": mem_out}
+    return {"steps": records, "memory": mem_out, "breakdown": times_out}
 
 
 def validation_loss(state: TrainState, data, batches: int) -> dict:

@@ -1,6 +1,7 @@
-"""Gradients after the last micro-batch: ddp's all-reduce over each layer's dp group, the sequence-parallel partial
-sums over tp, the tied embedding's two copies summed across the first and last stage, and clipping by the global
-norm with every element counted once over all meshes."""
+"""Gradients after the last micro-batch: ddp's all-reduce over each layer's dp group (launched during the last
+backward by buckets.py, completed here), the sequence-parallel partial sums over tp, the tied embedding's two copies
+summed across the first and last stage, and clipping by the global norm with every element counted once over all
+meshes."""
 from __future__ import annotations
 
 import math
@@ -10,6 +11,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from .buckets import DdpBuckets, match_placement
 from .mesh import Env
 
 
@@ -32,18 +34,16 @@ def _all_reduce_flat(tensors: list[torch.Tensor], group) -> None:
 
 @torch.no_grad()
 def sync_grads(units: list, env: Env, tie: tuple[nn.Parameter | None, nn.Parameter | None] | None,
-               tie_same_layout: bool = True) -> None:
+               tie_same_layout: bool = True, ddp: DdpBuckets | None = None) -> None:
     """ddp all-reduce over dp, sp partial sums over tp; ``tie``: this rank's (embedding weight, head copy) of a
-    tied embedding split over stages (None: untied, or one stage where the head uses the embedding's weight)."""
+    tied embedding split over stages (None: untied, or one stage where the head uses the embedding's weight).
+
+    ``ddp``: the step's buckets, armed during backward (their all-reduces are already under way); None: all of
+    them are launched here."""
     for u in units:
-        # DTensor may return a replicated gradient for a sharded parameter (the vocabulary-parallel embedding's);
-        # keep this rank's shard (Replicate -> Shard is a local slice), so every gradient matches its parameter.
         for _, p in u.parameters():
-            if isinstance(p.grad, DTensor) and tuple(p.grad.placements) != tuple(p.placements):
-                p.grad = p.grad.redistribute(p.device_mesh, p.placements)
-    for u in units:
-        if not u.fsdp and u.layout.dp > 1:
-            _all_reduce_flat([local(p.grad) for _, p in u.parameters() if p.grad is not None], env.dp_group(u.layout))
+            match_placement(p)
+    (ddp if ddp is not None else DdpBuckets(units, env)).wait()
     for u in units:
         if u.sp_partial:
             params = [u.module.get_parameter(n) for n in u.sp_partial]     # looked up now: FSDP replaces them
