@@ -28,8 +28,10 @@ from galvatron_run.breakdown import (
     Collective,
     Span,
     attribute,
+    chrome_trace,
     critical_rank,
     settle,
+    trace_events,
 )
 from galvatron_run.report import breakdown_table, build_report
 
@@ -123,6 +125,27 @@ def test_attribution_matches_a_walk_over_every_nanosecond(seed):
     got = attribute(marks, spans, collectives)
     assert got == _reference(marks, spans, collectives)
     assert sum(got[0].values()) == marks[-1][1] - marks[0][1]           # a partition of the step
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_trace_holds_every_phase_and_span_at_its_time(seed):
+    """Chrome trace events: the phases between the marks, one event per span at its begin and length (us from the
+    step's start), entries on the compute thread and collectives on the communication thread."""
+    marks, spans, collectives = _random_step(random.Random(seed))
+    events = [e for e in trace_events(3, marks, spans, collectives, origin_ns=0) if e["ph"] == "X"]
+    phases = [(e["name"], e["ts"], e["dur"]) for e in events if e["tid"] == 0]
+    assert phases == [(a, t0 / 1e3, (t1 - t0) / 1e3) for (a, t0), (_, t1) in zip(marks, marks[1:])]
+    rest = [e for e in events if e["tid"] != 0]
+    assert len(rest) == len(spans) and all(e["pid"] == 3 for e in events)
+    for e, sp in zip(rest, spans):
+        assert (e["ts"], e["dur"]) == (sp.begin_ns / 1e3, (sp.end_ns - sp.begin_ns) / 1e3)
+        if sp.cid is None:
+            assert e["tid"] == 1 and e["name"] == f"{sp.unit} {sp.kind}"
+        else:
+            c = collectives[sp.cid]
+            assert e["tid"] == 2 and e["name"] == f"{c.op} {c.group}" and e["args"]["bytes"] == c.bytes
+    doc = chrome_trace([{"_trace": trace_events(r, marks, spans, collectives, 0)} for r in (0, 1)])
+    assert {e["pid"] for e in doc["traceEvents"]} == {0, 1}
 
 
 def test_time_outside_the_window_is_not_counted():
@@ -392,10 +415,13 @@ def test_the_run_report_has_the_breakdown_and_stderr_the_table(tmp_path):
     plan = _predicted_plan(world=1)
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
-    r = subprocess.run([sys.executable, "-m", "galvatron_run", str(path), "--steps", "4", "--warmup-steps", "1"],
-                       env=ENV, capture_output=True, text=True, timeout=300)
+    trace = tmp_path / "step.json"
+    r = subprocess.run([sys.executable, "-m", "galvatron_run", str(path), "--steps", "4", "--warmup-steps", "1",
+                        "--trace", str(trace)], env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads(r.stdout)
+    names = {e["name"] for e in json.loads(trace.read_text())["traceEvents"] if e["ph"] == "X"}
+    assert {"micro_batches", "optimizer", "layers[0] forward", "layers[1] backward", "head forward"} <= names
     assert doc["schema_version"] == "1.2" and doc["breakdown"]["profiled_step"] == 2
     (rank,) = doc["breakdown"]["ranks"]
     assert [u["unit"] for u in rank["layers"]] == ["embedding", "layers[0]", "layers[1]", "head"]

@@ -245,11 +245,20 @@ def test_one_rank_through_the_command_line(hf_models, tmp_path, model):
     export.mkdir()
     (export / "README.md").write_text("kept")
     (export / "model.safetensors").write_text("stale")
+    ckpt, from_ckpt = tmp_path / "ckpt", tmp_path / "from-checkpoint"
     r = subprocess.run([sys.executable, "-m", "galvatron_run", "--init-from-hf", str(directory), "--global-batch",
                         "4", "--seq-len", str(SEQ), "--steps", "1", "--warmup-steps", "0", "--export", str(full),
-                        "--export-hf", str(export), "--force", "-o", str(report)],
+                        "--export-hf", str(export), "--force", "-o", str(report), "--checkpoint-dir", str(ckpt),
+                        "--save-every", "1"],
                        env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    # the checkpoint tool writes the same Hugging Face files from the saved checkpoint, in one process
+    t = subprocess.run([sys.executable, "-m", "galvatron_run.checkpoint", "export-hf", str(ckpt), str(from_ckpt),
+                        "--model", str(directory)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert t.returncode == 0, t.stderr[-3000:]
+    saved, written = load_file(str(from_ckpt / "model.safetensors")), load_file(str(export / "model.safetensors"))
+    assert saved.keys() == written.keys() and all(torch.equal(saved[k], written[k]) for k in saved)
+    assert json.loads((from_ckpt / "config.json").read_text()) == json.loads((export / "config.json").read_text())
     doc = json.loads(report.read_text())
     plan = {"model": _spec(directory), "global_batch": 4, "training": {"seed": doc["settings"]["seed"]}}
     x, y = _batch(plan)

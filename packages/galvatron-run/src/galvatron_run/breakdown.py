@@ -225,6 +225,34 @@ def settle(ranks: list[dict]) -> list[dict]:
     return out
 
 
+def trace_events(rank: int, marks: list[tuple[str, int]], spans: list[Span], collectives: list[Collective],
+                 origin_ns: int) -> list[dict]:
+    """The step as Chrome trace events (the Trace Event Format's complete events, "ph": "X", microseconds from the
+    step's start): one process per rank, its phases on thread 0, each plan entry's forward / backward / recompute
+    on thread 1 and each collective's issue and wait on thread 2, nested as they ran."""
+    def event(name, tid, begin, end, **args):
+        return {"name": name, "ph": "X", "pid": rank, "tid": tid, "ts": (begin - origin_ns) / 1e3,
+                "dur": max(end - begin, 0) / 1e3, **({"args": args} if args else {})}
+
+    out = [{"name": "process_name", "ph": "M", "pid": rank, "args": {"name": f"rank {rank}"}}]
+    out += [{"name": "thread_name", "ph": "M", "pid": rank, "tid": t, "args": {"name": n}}
+            for t, n in enumerate(("phases", "compute", "communication"))]
+    out += [event(name, 0, begin, end) for (name, begin), (_, end) in zip(marks, marks[1:])]
+    for sp in spans:
+        if sp.cid is None:
+            out.append(event(f"{sp.unit} {sp.kind}", 1, sp.begin_ns, sp.end_ns))
+        else:
+            c = collectives[sp.cid]
+            out.append(event(f"{c.op} {c.group}", 2, sp.begin_ns, sp.end_ns, kind=sp.kind,
+                             group_size=c.group_size, bytes=c.bytes))
+    return out
+
+
+def chrome_trace(ranks: list[dict]) -> dict:
+    """The ranks' trace events (``_trace`` of each breakdown) as one Chrome / Perfetto trace document."""
+    return {"traceEvents": [e for r in ranks if r for e in r.get("_trace", [])], "displayTimeUnit": "ms"}
+
+
 def _on_clock(t_ns: int, theirs: dict, mine: dict) -> int:
     if theirs["host"] == mine["host"]:
         return t_ns
@@ -531,7 +559,8 @@ class StepTimes:
         return {"rank": env.rank, "stage": env.stage, "step_s": step_ns / 1e9,
                 "components": {k: components[k] for k in COMPONENTS}, "layers": layers,
                 "collectives": collective_rows(self.collectives, comm_ns, window),
-                "_p2p": self._p2p(window), "_clock": {"host": socket.gethostname(), "origin_ns": window[0]}}
+                "_p2p": self._p2p(window), "_clock": {"host": socket.gethostname(), "origin_ns": window[0]},
+                "_trace": trace_events(env.rank, self.marks, self.spans, self.collectives, window[0])}
 
     def _p2p(self, window: tuple[int, int]) -> list[dict]:
         """Each send and receive of the step with a known peer: its order among this rank's of that kind to that

@@ -721,7 +721,18 @@ def export_model(checkpoint: str | os.PathLike, out_file: str | os.PathLike, ver
     """Write the model of a DCP checkpoint as one ``torch.save`` file of ``{fqn: tensor}``, merging all stages and
     shards; one process, no process group (``python -m galvatron_run.checkpoint export CKPT OUT``). Returns
     {"tensors", "bytes"}."""
-    checkpoint, out_file = Path(checkpoint), Path(out_file)
+    model = model_tensors(checkpoint, verify)
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    torch.save(model, tmp)
+    os.replace(tmp, out_file)
+    return {"tensors": len(model), "bytes": out_file.stat().st_size}
+
+
+def model_tensors(checkpoint: str | os.PathLike, verify: bool = True) -> dict[str, torch.Tensor]:
+    """{fqn: full tensor} of a DCP checkpoint's model, every stage and shard merged, in one process."""
+    checkpoint = Path(checkpoint)
     if verify:
         problems = check_files(checkpoint, read_marker(checkpoint), deep=True)
         if problems:
@@ -735,12 +746,7 @@ def export_model(checkpoint: str | os.PathLike, out_file: str | os.PathLike, ver
         raise CheckpointError(str(checkpoint), "holds no model tensors")
     with _quiet_single_process():
         dcp.load(state, checkpoint_id=str(checkpoint), no_dist=True)
-    model = {k[len("model."):]: v for k, v in sorted(state.items())}
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    torch.save(model, tmp)
-    os.replace(tmp, out_file)
-    return {"tensors": len(model), "bytes": out_file.stat().st_size}
+    return {k[len("model."):]: v for k, v in sorted(state.items())}
 
 
 def export_full(out_file: str | os.PathLike, model_parts, group=None) -> Path:
@@ -840,6 +846,31 @@ def _main(argv: Sequence[str] | None = None) -> int:
         """Write CHECKPOINT's model as one torch.save file of {fqn: tensor} at OUT."""
         r = export_model(checkpoint, out)
         print(f"{out}: {r['tensors']} tensors, {r['bytes']} bytes", file=sys.stderr)
+
+    @cli.command("export-hf")
+    @click.argument("checkpoint", type=click.Path())
+    @click.argument("out", type=click.Path(file_okay=False))
+    @click.option("--model", "model", required=True,
+                  help="The checkpoint's model: a preset or a Hugging Face config.json (or its directory), whose "
+                       "other keys the exported config.json keeps.")
+    @exits_cleanly
+    def export_hf_cmd(checkpoint, out, model):
+        """Write CHECKPOINT's model (a checkpoint, or a --checkpoint-dir: its latest complete one) as a Hugging Face
+        checkpoint in OUT that transformers loads.
+
+        \b
+            python -m galvatron_run.checkpoint export-hf ckpt --model ./llama-checkpoint ./tuned
+        """
+        from galvatron_contracts.models import load_model_spec
+
+        from .hf_io import save_hf
+        path = checkpoint if (Path(checkpoint) / MARKER).is_file() else latest_complete(checkpoint, quiet=True)
+        if path is None:
+            raise CheckpointError(str(checkpoint), "holds no complete checkpoint")
+        config_file = Path(model) / "config.json" if Path(model).is_dir() else Path(model)
+        base = json.loads(config_file.read_text()) if config_file.is_file() else None   # else a preset
+        files = save_hf(load_model_spec(model), model_tensors(path), out, base_config=base)
+        print(f"{out}: {', '.join(files)} (from {path})", file=sys.stderr)
 
     cli.main(args=list(argv) if argv is not None else None, prog_name="python -m galvatron_run.checkpoint")
     return 0

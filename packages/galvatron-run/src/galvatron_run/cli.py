@@ -164,6 +164,9 @@ class _RunCommand(click.Command):
               "and model.safetensors, sharded with an index above 5 GiB), e.g. --export-hf ./tuned.")
 @click.option("--force", is_flag=True, help="Let --export-hf replace the weights and config.json of a non-empty "
               "directory (other files stay).")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the timed step (the one the run-report's breakdown measured) as a Chrome / Perfetto trace: "
+                   "per rank its phases, each plan entry's forward, backward and recompute, each collective.")
 @click.option("--dry-run", is_flag=True, help="Pre-flight, no data or training: build --rank R of the plan's world "
               "in this process (meta device, fake process group), check its groups, shapes and tie, and print its "
               "model states beside the plan's prediction (dryrun.py).")
@@ -175,7 +178,7 @@ class _RunCommand(click.Command):
 def main(plan_path, nproc, steps, warmup_steps, dtype, seq_len, report_path, peak_tflops, timeout_s, model, tp, pp,
          dp_mode, recompute, sp, tp_layout, schedule, global_batch, micro_batches, world, data_path, data_dtype,
          data_format, val_fraction, eval_every, eval_batches, checkpoint_dir, save_every, keep, resume,
-         resume_or_start, init_from, export_path, init_from_hf, export_hf, force, dry_run, ranks):
+         resume_or_start, init_from, export_path, init_from_hf, export_hf, force, trace_path, dry_run, ranks):
     """Train with PLAN (a plan document, '-' for stdin) on torch.distributed and write a run-report.
 
     Examples:
@@ -202,6 +205,10 @@ def main(plan_path, nproc, steps, warmup_steps, dtype, seq_len, report_path, pea
     Fine-tune a Hugging Face checkpoint under tp 2 and write it back:
         galvatron-run --init-from-hf ./gpt2 --tp 2 --global-batch 8 \\
             --nproc 2 --steps 100 --export-hf ./gpt2-tuned
+
+    \b
+    The measured step as a trace to open in ui.perfetto.dev:
+        galvatron-run plan.json --nproc 2 --steps 10 -o run.json --trace step.json
 
     \b
     Pre-flight ranks 0 and 1023 of a 1,024-GPU plan, in seconds on a laptop:
@@ -242,6 +249,8 @@ def main(plan_path, nproc, steps, warmup_steps, dtype, seq_len, report_path, pea
         raise UsageError("--nproc cannot forward a plan read from stdin; give a file")
     _check_paths(report_path, export_path, init_from, checkpoint_dir, resume and not resume_or_start, launching,
                  export_hf, force)
+    if trace_path:
+        check_output_file(trace_path, "--trace")
     here = nproc if launching else int(os.environ.get("WORLD_SIZE", "1"))
     source = plan_path or f"the global-mode plan of --model {model}"
     try:
@@ -257,7 +266,7 @@ def main(plan_path, nproc, steps, warmup_steps, dtype, seq_len, report_path, pea
                        eval_every=eval_every, eval_batches=eval_batches, checkpoint_dir=checkpoint_dir,
                        save_every=save_every, keep=keep, resume=resume or resume_or_start,
                        resume_or_start=resume_or_start, init_from=init_from, export_path=export_path,
-                       init_from_hf=init_from_hf, export_hf=export_hf)
+                       init_from_hf=init_from_hf, export_hf=export_hf, trace_path=trace_path)
     data = long_run.data_source(run_plan)          # bad data exits 3 here, before any rank starts
     if eval_every and data.num_validation_batches == 0:
         raise UsageError("--eval-every needs a validation split (--data with --val-fraction > 0, or a val file)")

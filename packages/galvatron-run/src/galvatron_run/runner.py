@@ -5,6 +5,7 @@
 ``run_rank(plan, ..., make_data=..., callback=...)`` is the seam for data sources and checkpointing."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Callable
@@ -14,10 +15,11 @@ import torch
 import torch.distributed as dist
 
 from galvatron_contracts.devices import cpu_name
-from galvatron_contracts.documents import digest, write_document
+from galvatron_contracts.documents import atomic_write_text, digest, write_document
 
 from . import checkpoint as ckpt
 from . import failures, hf_io
+from .breakdown import chrome_trace
 from .data import DEFAULT_VAL_FRACTION, make_data_source
 from .plan import Plan, checked_plan
 from .report import breakdown_table, build_report
@@ -56,6 +58,7 @@ class LongRun:
     export_path: str | None = None
     init_from_hf: str | None = None    # a Hugging Face checkpoint directory (replaces the seeded initialisation)
     export_hf: str | None = None       # ... written here at the end (an existing one replaced: checked by the CLI)
+    trace_path: str | None = None      # the timed step as a Chrome / Perfetto trace (breakdown.chrome_trace)
 
     def data_source(self, plan: dict):
         tr = plan["training"]
@@ -186,6 +189,10 @@ def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int
             table = breakdown_table(doc)
             if table is not None:
                 log(table)
+            if opts.trace_path:
+                atomic_write_text(opts.trace_path, json.dumps(chrome_trace(times)))
+                log(f"trace of step {doc.get('breakdown', {}).get('profiled_step', '?')}: {opts.trace_path} "
+                    f"(chrome://tracing or ui.perfetto.dev)")
         dist.barrier()
         state.env.close()
         return doc
