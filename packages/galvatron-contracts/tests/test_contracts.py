@@ -290,6 +290,22 @@ def test_write_document_validates_then_writes_atomically(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["hw.json"]  # no temporary file left
 
 
+def test_bytes_are_written_atomically_with_a_plain_files_mode(tmp_path, monkeypatch):
+    """atomic_write_bytes (galvatron-search show's PNGs): the bytes as given, a normal file's mode, and on a failed
+    write the old file intact and no temporary left."""
+    path = tmp_path / "plan.png"
+    data = bytes(range(256)) * 3
+    D.atomic_write_bytes(path, data)
+    assert path.read_bytes() == data
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    monkeypatch.setattr(D.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(D.GalvatronError, match="cannot write .*No space left"):
+        D.atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == data and [p.name for p in tmp_path.iterdir()] == ["plan.png"]
+
+
 def test_no_partial_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "hw.json"
     path.write_text("old contents")

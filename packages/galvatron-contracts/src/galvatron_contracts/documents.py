@@ -549,7 +549,12 @@ def output_path(path: str | os.PathLike) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part.
+    """Write ``text`` (UTF-8) to ``path`` as ``atomic_write_bytes`` does."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part.
 
     The target must be a regular file or not exist yet (``output_path``, exit 2); a failed write is GalvatronError
     (exit 1) and leaves nothing behind."""
@@ -560,8 +565,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except OSError as e:
         raise GalvatronError(f"cannot write {path}: {e}") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _new_file_mode(path))  # mkstemp creates 0600; give the file the mode a plain open would

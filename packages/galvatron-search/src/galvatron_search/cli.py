@@ -16,7 +16,15 @@ import time
 
 import click
 
-from galvatron_contracts.documents import UsageError, as_current, exits_cleanly, output_path, read_one, write_document
+from galvatron_contracts.documents import (
+    UsageError,
+    as_current,
+    atomic_write_bytes,
+    exits_cleanly,
+    output_path,
+    read_one,
+    write_document,
+)
 from galvatron_contracts.limits import MAX_BATCH, MAX_MEMORY_GIB, MAX_RANKS
 from galvatron_contracts.names import plan_summary
 from galvatron_contracts.options import Finite
@@ -209,7 +217,7 @@ def show_cmd(plan, output, report):
     warnings = show.check_pair(doc, run_report, _name(plan), _name(report or "-"))
     for line in warnings:
         click.echo(f"warning: {line}", err=True)
-    show.write_bytes(target, show.render(doc, run_report, fmt, warnings))
+    atomic_write_bytes(target, show.render(doc, run_report, fmt, warnings))
     click.echo(f"galvatron-search: drew {plan_summary(doc)}{' with its run report' if report else ''} -> {target}",
                err=True)
 

@@ -46,8 +46,9 @@ REL = 1e-9
 # The share of the budget the command line and the API keep free by default for what the memory model cannot
 # know (--memory-margin): the accuracy harness's worst under-prediction on this machine once every byte it could
 # attribute was modelled was 3.7 % (integration_tests/bench/results/, 2026-12-01: backward transients at the peak),
-# rounded up; one run of one zero3 plan measured 13 % over its prediction, another run of it 2 % under, a variance
-# of the CPU measurement not yet explained. The core (Options) is exact: its default is no margin.
+# rounded up. It does not cover zero3 + recompute with many micro-batches, measured up to 13 % over its prediction
+# on both harness models (a term growing with the micro-batch count, not yet found). The core (Options) is exact:
+# its default is no margin.
 DEFAULT_MEMORY_MARGIN = 0.05
 
 

@@ -2,18 +2,16 @@
 
     warnings = check_pair(plan, report, "plan.json", "report.json")   # DocumentError (exit 3) or lines to warn
     data = render(plan, report, "html", warnings)                       # bytes of the picture
-    write_bytes("plan.html", data)                                      # atomically
+    atomic_write_bytes("plan.html", data)                               # atomically (galvatron_contracts)
 
 The picture is show_scene.scene's; 'html' is written by show_page.py (inline SVG, no matplotlib), 'png' and 'svg'
 by show_mpl.py with matplotlib, the optional extra `galvatron-search[plot]`, imported only on that path.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-from galvatron_contracts.documents import DocumentError, GalvatronError, UsageError, digest, output_path
+from galvatron_contracts.documents import DocumentError, UsageError, digest
 
 from .show_scene import scene
 
@@ -85,27 +83,3 @@ def require_matplotlib(fmt_name: str) -> None:
         raise UsageError(f"writing .{fmt_name} needs matplotlib, which is not installed: {PLOT_EXTRA} (an .html "
                          f"picture needs nothing)") from None
 
-
-def write_bytes(path: str, data: bytes) -> None:
-    """`data` to `path` atomically: the bytes twin of galvatron_contracts' atomic_write_text (which writes text):
-    readers see the old file or the whole new one; a failed write is GalvatronError (exit 1), nothing left."""
-    target = output_path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as e:
-        raise GalvatronError(f"cannot write {target}: {e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~umask)
-        os.replace(tmp, target)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise GalvatronError(f"cannot write {target}: {e}") from None
-        raise
