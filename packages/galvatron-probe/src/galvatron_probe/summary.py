@@ -53,10 +53,15 @@ def model_summary(doc: dict) -> str:
         for t in e["timings"]:
             if t["micro_batch_size"] != max(s["micro_batch_sizes"]):
                 continue
-            sb, rb = mem[t["seq_len"]]["saved_bytes_per_sample"], mem[t["seq_len"]]["recompute_saved_bytes_per_sample"]
+            row = mem.get(t["seq_len"])     # a profile may time lengths whose bytes it did not measure
+            if row is None:
+                saved, recompute = f"{'-':>13} {'':<11}", f"{'-':>11}"
+            else:
+                sb, rb = row["saved_bytes_per_sample"], row["recompute_saved_bytes_per_sample"]
+                saved = f"{sb['tp_divided']:>13}+{sb['tp_replicated']:<11}"
+                recompute = f"{rb['tp_divided'] + rb['tp_replicated']:>11}"
             lines.append(f"{e['layer']:<10}{e['tp']:>3}{e['param_count']:>11}{e['param_count_tp_replicated']:>8}"
-                         f"{t['seq_len']:>6}{sb['tp_divided']:>13}+{sb['tp_replicated']:<11}"
-                         f"{rb['tp_divided'] + rb['tp_replicated']:>11}{t['micro_batch_size']:>4}"
+                         f"{t['seq_len']:>6}{saved}{recompute}{t['micro_batch_size']:>4}"
                          f"{_ms(t['forward']['median_s']):>9}{_ms(t['backward']['median_s']):>9}"
                          f"{_ms(t['backward_recompute']['median_s']):>11}")
     lines.append("(times: median of the slowest rank at the largest micro-batch size)")
