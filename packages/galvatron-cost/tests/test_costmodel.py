@@ -280,3 +280,22 @@ def test_a_profile_without_optimizer_step_counts_it_as_zero(two_ranks):
     assert any("no optimizer_step" in n for n in two_ranks["notes"])
     for pipe in two_ranks["pipelines"]:
         assert all(s["time"]["optimizer_step_s"] == 0.0 for s in pipe["strategies"])
+
+
+def test_only_decoder_layers_are_priced_as_recomputed():
+    """The runtime and the probe recompute decoder layers only (Block.recompute): a head 'rc' strategy has its
+    plain twin's numbers exactly, while a decoder's recompute costs time and saves activations."""
+    hw, mp = synthetic.hardware_profile(1, 2), synthetic.model_profile(TINY, seq_lens=(16, 32))
+    doc = fit(hw, mp, seq_len=32)
+    for pipe in doc["pipelines"]:
+        by = {(s["layer"], s["layout"], s["dp_sharding"], s["recompute"]): s for s in pipe["strategies"]}
+        heads = [k for k in by if k[0] == "head" and k[3]]
+        assert heads
+        for layer, layout, sharding, _ in heads:
+            rc, plain = by[(layer, layout, sharding, True)], by[(layer, layout, sharding, False)]
+            assert (rc["time"], rc["memory"]) == (plain["time"], plain["memory"]) and rc["id"].endswith(" rc")
+        dec = [k for k in by if k[0] == "decoder" and k[3]]
+        for layer, layout, sharding, _ in dec:
+            rc, plain = by[(layer, layout, sharding, True)], by[(layer, layout, sharding, False)]
+            assert rc["time"]["backward"]["per_sample_s"] > plain["time"]["backward"]["per_sample_s"]
+            assert rc["memory"]["activation"]["per_sample_bytes"] < plain["memory"]["activation"]["per_sample_bytes"]

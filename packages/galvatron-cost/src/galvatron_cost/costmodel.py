@@ -341,7 +341,11 @@ class Builder:
                 "strategies": strategies}, p2p_ab
 
     def strategy(self, pp, S, lay: Layout, layer, sharding, rc, topos, where) -> dict:
+        """One strategy's time and memory. Only decoder layers are recomputed (Block.recompute, in the probe and the
+        runtime alike): the head's rc strategy is priced as its plain one, kept so that plans that say it stay
+        valid, and equal numbers let the search drop it as a duplicate of the plain one."""
         self.extrapolated_used = False
+        rc_asked, rc = rc, rc and layer == "decoder"
         t, d, sp, s, h, e = lay.tp, lay.dp, lay.sp, self.seq, self.spec["hidden"], self.e
         fits = self.compute(layer, t)
         fwd = fits["forward"].lin(s, d)
@@ -407,9 +411,10 @@ class Builder:
         if rc:
             ws += max(activation_per_sample(full, t, sp, d, gathered) - act, 0.0)
         name = strategy_name({"tp": t, "tp_layout": lay.tp_layout, "sp": sp, "dp": d, "dp_sharding": sharding,
-                              "recompute": rc})
+                              "recompute": rc_asked})
         return {
-            "id": f"{layer} {name}", "layer": layer, "layout": lay.id, "dp_sharding": sharding, "recompute": rc,
+            "id": f"{layer} {name}", "layer": layer, "layout": lay.id, "dp_sharding": sharding,
+            "recompute": rc_asked,
             **({"extrapolated": True} if self.extrapolated_used else {}),
             "time": {"forward": _lin(*fwd), "backward": _lin(*bwd), "forward_comm": _lin(*fcomm),
                      "backward_comm": _lin(*bcomm), "param_gather_forward_s": float(gather_f),
