@@ -97,6 +97,10 @@ def main(out_dir: str) -> None:
         spec = load_model_spec("tiny-gpt" if case[1] == "gpt2" else "tiny-llama")
         results[_name(case)] = _compare(case, spec, rank, mesh)
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+    # DTensor's functional collectives may still be in flight on gloo's worker thread: a barrier on the same group
+    # runs after them, so no rank tears its group down under a pending one (gloo then aborts the process:
+    # "terminate called without an active exception", seen once in a clean-clone run)
+    dist.barrier()
     dist.destroy_process_group()
 
 
