@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from galvatron_contracts.launch import run_as_rank
+
 TARGET = 1.05
 
 
@@ -199,4 +201,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_rank(main)

@@ -231,3 +231,42 @@ def test_the_launch_directory_is_removed(capfd):
     code = supervise([sys.executable, "-c", "import os; print(os.environ['GALVATRON_LAUNCH_DIR'])"], 0)
     directory = Path(capfd.readouterr().out.strip())
     assert code == 0 and directory.name.startswith("galvatron-launch-") and not directory.exists()
+
+
+# a rank's entry point under run_as_rank: it prints (buffered: stdout is a pipe), then ends as BEHAVIOUR says
+ENDING = r"""
+import atexit, os, sys
+from galvatron_contracts.launch import run_as_rank
+atexit.register(lambda: print("finalized", flush=True))
+
+def main():
+    print("work done")
+    behaviour = os.environ["BEHAVIOUR"]
+    if behaviour == "return":
+        return None
+    if behaviour == "return-4":
+        return 4
+    if behaviour == "exit-3":
+        sys.exit(3)
+    if behaviour == "exit-message":
+        sys.exit("cannot go on")
+    raise RuntimeError("a bug")
+
+run_as_rank(main)
+"""
+
+
+@pytest.mark.parametrize("behaviour,code", [("return", 0), ("return-4", 4), ("exit-3", 3), ("exit-message", 1),
+                                            ("raise", 1)])
+@pytest.mark.parametrize("in_rank", [True, False])
+def test_run_as_rank_ends_a_rank_without_finalization(behaviour, code, in_rank):
+    env = {k: v for k, v in os.environ.items() if k != "RANK"}
+    env.update(BEHAVIOUR=behaviour, **({"RANK": "0"} if in_rank else {}))
+    done = subprocess.run([sys.executable, "-c", ENDING], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == code, done.stderr
+    # the buffered output was flushed; the interpreter's exit handlers ran only outside a rank
+    assert done.stdout.splitlines() == (["work done"] if in_rank else ["work done", "finalized"])
+    if behaviour == "exit-message":
+        assert done.stderr.strip() == "cannot go on"
+    if behaviour == "raise":
+        assert "RuntimeError: a bug" in done.stderr and "Traceback" in done.stderr

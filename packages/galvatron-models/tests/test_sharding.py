@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from galvatron_contracts.launch import run_as_rank
 from galvatron_contracts.models import load_model_spec
 
 KINDS = ("embedding", "decoder", "head")
@@ -132,4 +133,4 @@ def test_unknown_kind_is_refused():
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    run_as_rank(lambda: main(sys.argv[1]))

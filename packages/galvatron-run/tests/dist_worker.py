@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from galvatron_contracts.launch import run_as_rank  # noqa: E402
 from galvatron_run.data import make_data_source  # noqa: E402
 from galvatron_run.plan import checked_plan  # noqa: E402
 from galvatron_run.train import build_state, full_parameters, train  # noqa: E402
@@ -79,4 +80,4 @@ def main(cases_path, out_dir):
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    main(sys.argv[1], sys.argv[2])
+    run_as_rank(lambda: main(sys.argv[1], sys.argv[2]))

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from plans import S, make_plan
 
+from galvatron_contracts.launch import run_as_rank
 from galvatron_run.breakdown import (
     COMPONENTS,
     PREDICTED,
@@ -498,4 +499,4 @@ def _main(cases_path: str, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1], sys.argv[2])
+    run_as_rank(lambda: _main(sys.argv[1], sys.argv[2]))

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 import galvatron_run
+from galvatron_contracts.launch import run_as_rank
 from galvatron_run import checkpoint as ck
 from galvatron_run.data import RandomTokens
 
@@ -417,4 +418,4 @@ def test_command_line_verify_list_export(run, tmp_path, capsys):
 
 if __name__ == "__main__" and "--worker" in sys.argv:
     torch.set_num_threads(1)
-    worker(Path(sys.argv[sys.argv.index("--worker") + 1]))
+    run_as_rank(lambda: worker(Path(sys.argv[sys.argv.index("--worker") + 1])))

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import galvatron_run
+from galvatron_contracts.launch import run_as_rank
 from galvatron_run import checkpoint as ck
 from galvatron_run.data import make_data_source
 
@@ -214,4 +215,4 @@ def test_cli_bad_data_exits_3(tmp_path):
 if __name__ == "__main__" and "--worker" in sys.argv:
     torch.set_num_threads(1)
     i = sys.argv.index("--worker")
-    worker(Path(sys.argv[i + 1]), sys.argv[i + 2])
+    run_as_rank(lambda: worker(Path(sys.argv[i + 1]), sys.argv[i + 2]))

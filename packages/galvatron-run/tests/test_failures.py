@@ -24,6 +24,7 @@ import torch
 
 import galvatron_run
 from galvatron_contracts.documents import GalvatronError
+from galvatron_contracts.launch import run_as_rank
 from galvatron_run import checkpoint as ck
 from galvatron_run.data import RandomTokens
 from galvatron_run.failures import CollectiveError, StopRequest, Watchdog, describe_failure
@@ -296,4 +297,4 @@ if __name__ == "__main__":
     parser.add_argument("--timeout", type=float, default=60)
     parser.add_argument("--with-reference", action="store_true")
     args = parser.parse_args()
-    {"train": train, "stall": stall}[args.mode](args)
+    run_as_rank(lambda: {"train": train, "stall": stall}[args.mode](args))

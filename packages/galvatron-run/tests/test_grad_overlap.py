@@ -29,6 +29,7 @@ from harness import HERE, SRC, assert_matches_reference, launch, result
 from plans import S, make_plan
 from reference import reference_run
 
+from galvatron_contracts.launch import run_as_rank
 from galvatron_run.parallel import local
 from galvatron_run.train import build_state, full_parameters, train, train_step
 
@@ -188,4 +189,4 @@ def _rank_main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    _rank_main(sys.argv[1])
+    run_as_rank(lambda: _rank_main(sys.argv[1]))

@@ -33,6 +33,7 @@ from click.testing import CliRunner
 from plans import S, make_plan
 from safetensors.torch import load_file, save_file
 
+from galvatron_contracts.launch import run_as_rank
 from galvatron_models import Decoder
 from galvatron_run.cli import main
 from galvatron_run.data import make_data_source
@@ -338,4 +339,4 @@ def test_export_into_a_non_empty_directory_needs_force(hf_models, tmp_path, monk
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _worker(sys.argv[1], sys.argv[2])
+    run_as_rank(lambda: _worker(sys.argv[1], sys.argv[2]))

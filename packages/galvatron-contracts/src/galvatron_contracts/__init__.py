@@ -9,4 +9,4 @@ layouts and plans are written in one line), ``devices`` (peak TFLOP/s, CPU name)
 torchrun as a subprocess, signals passed on, one outcome back), ``isolation`` (the monorepo's import rules, for
 tests).
 """
-__version__ = "1.2.0"
+__version__ = "1.3.0"
