@@ -16,7 +16,7 @@ from plans import S, _groups, make_plan
 
 from galvatron_contracts.documents import DocumentError, InfeasibleError, dumps, validate
 from galvatron_contracts.models import load_model_spec
-from galvatron_run.plan import Layout, checked_plan, groups, summary, uniform_plan
+from galvatron_run.plan import Layout, checked_plan, groups, node_shape_warning, summary, uniform_plan
 from galvatron_run.report import build_report, known_peak
 from galvatron_run.train import lr_at
 
@@ -103,6 +103,15 @@ def test_world_mismatch_and_tied_layouts():
     tied = make_plan("tiny-gpt", 2, [S()], [(0, 1)], b=2, m=1, emb=S(tp=2), head=S())
     with pytest.raises(DocumentError, match=re.escape("$.head.tp: tied embeddings with one stage")):
         checked_plan(tied, 2)
+
+
+def test_a_job_with_another_node_shape_than_the_plan_is_warned():
+    plan = uniform_plan(load_model_spec("tiny-gpt"), 8, tp=2, global_batch=8, micro_batches=2)
+    plan["cluster"].update(nodes=2, gpus_per_node=4)
+    assert node_shape_warning(plan, 4) is None
+    warning = node_shape_warning(plan, 8)
+    assert "made for 4 GPUs per node (2 nodes)" in warning and "runs 8 ranks per node" in warning
+    assert "--gpus-per-node 8" in warning
 
 
 def test_uniform_plan_is_valid_and_follows_the_convention():

@@ -95,6 +95,19 @@ def checked_plan(plan: dict, world_size: int, source: str = "plan", *, dtype: st
     return typed
 
 
+def node_shape_warning(plan: dict, local_world: int) -> str | None:
+    """A warning when this job's ranks per node (torchrun's LOCAL_WORLD_SIZE) are not the plan's ``gpus_per_node``:
+    groups the plan keeps inside a node (its tp groups, usually) may then cross nodes, and its predicted times,
+    priced for the plan's node shape, do not apply. None when they agree."""
+    per_node = plan["cluster"]["gpus_per_node"]
+    if local_world == per_node:
+        return None
+    return (f"the plan was made for {per_node} GPUs per node ({plan['cluster']['nodes']} nodes) but this job runs "
+            f"{local_world} ranks per node: groups the plan keeps inside a node may cross nodes here, and its "
+            f"predicted times do not apply (fit the cost model with galvatron-cost fit --gpus-per-node "
+            f"{local_world} and search again)")
+
+
 def summary(plan: dict) -> str:
     """One line: pp, per-stage layers, per-layer strategies (run-length), micro-batching, schedule."""
     return plan_summary(plan)

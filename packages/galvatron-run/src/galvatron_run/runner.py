@@ -21,7 +21,7 @@ from . import checkpoint as ckpt
 from . import failures, hf_io
 from .breakdown import chrome_trace
 from .data import DEFAULT_VAL_FRACTION, make_data_source
-from .plan import Plan, checked_plan
+from .plan import Plan, checked_plan, node_shape_warning
 from .report import breakdown_table, build_report
 from .train import build_state, log, train, validation_loss
 
@@ -128,6 +128,9 @@ def run_rank(plan: dict, *, plan_path: str | None, steps: int, warmup_steps: int
                                    required=not opts.resume_or_start and failures.restart_count() == 0)
             if info:
                 state.step = info["step"]
+        shape = node_shape_warning(run_plan, int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
+        if rank == 0 and shape:
+            log(f"warning: {shape}")
         if rank == 0:
             log(f"training {steps} steps ({warmup_steps} warm-up) with {world} ranks on {device.type}"
                 + (f", from step {state.step}" if state.step else ""))
