@@ -182,6 +182,22 @@ def test_a_pipeline_wait_is_idle_until_the_peer_posts_its_side():
     assert sa["components"]["pipeline_idle_s"] == pytest.approx(145e-9)
 
 
+def test_the_last_stage_waiting_in_the_tied_sum_for_the_first_stage_is_idle():
+    """The last stage (rank 1) enters the tied table's sum at 100 and waits to 400; the first stage (rank 0) enters
+    it at 350, after its last backward: 250 ns of rank 1's grad_sync_s are the pipeline's drain, 50 stay the sum.
+    Rank 0 waits from 350 to 400, after rank 1 entered: nothing moves; its p2p is left as it was."""
+    a = _p2p_rank(0, "h", 0, [("tied", 1, 0, 350, [[350, 400]])], 40e-9)
+    a["components"]["grad_sync_s"] = 50e-9
+    b = _p2p_rank(1, "h", 0, [("tied", 0, 0, 100, [[100, 400]])], 0.0)
+    b["components"]["grad_sync_s"] = 300e-9
+    sa, sb = settle([a, b])
+    assert sb["components"]["pipeline_idle_s"] == pytest.approx(250e-9)
+    assert sb["components"]["grad_sync_s"] == pytest.approx(50e-9)
+    assert sa["components"]["pipeline_idle_s"] == 0 and sa["components"]["grad_sync_s"] == 50e-9
+    assert sa["components"]["pipeline_p2p_s"] == 40e-9
+    assert sum(sb["components"].values()) == pytest.approx(sum(b["components"].values()))
+
+
 # --- the report's comparison and table ----------------------------------------------------------------------------
 
 def _rank(rank, step_sync, **components):

@@ -26,7 +26,8 @@ Each instant of the step belongs to the innermost span covering it (a collective
 around it), so the times are exclusive and the components partition the step: they sum to ``step_s`` exactly.
 A collective's time goes by where it runs and what it is: in the gradient-sync, optimizer and step-sync phases to
 those; pipeline sends and receives to pipeline_p2p_s, of which ``settle`` (with every rank's record) moves the
-waiting for the peer to pipeline_idle_s; in a layout transition to it; ddp's all_reduce over dp (launched from
+waiting for the peer to pipeline_idle_s (as it moves the last stage's wait in the tied table's gradient sum for
+the first stage's last backwards); in a layout transition to it; ddp's all_reduce over dp (launched from
 the last backward) to grad_sync_s; the rest over tp to tp_communication_s, over dp (FSDP) to zero_communication_s.
 
 Why not the torch profiler: on this project's CPU models the step is per-op framework overhead, and the profiler's
@@ -197,30 +198,39 @@ def compare(predicted: dict, measured: dict) -> dict[str, tuple[float, float]]:
     return out
 
 
+# what settle() matches: a send with the peer's receive, a tied table's sum with the other end's; and the component
+# each one's waiting for the peer is moved out of (the tied sum runs in the gradient-sync phase)
+_PEER_SIDE = {"send": "recv", "recv": "send", "tied": "tied"}
+_WAITED_IN = {"send": "pipeline_p2p_s", "recv": "pipeline_p2p_s", "tied": "grad_sync_s"}
+
+
 def settle(ranks: list[dict]) -> list[dict]:
-    """The ranks' breakdowns as the run-report carries them: each pipeline send's and receive's wait split into the
-    time before the peer posted the matching receive or send (pipeline_idle_s: the neighbour was still computing;
-    gloo's and NCCL's p2p both wait for the other side) and the transfer after it (pipeline_p2p_s). The i-th send
-    from a to b matches the i-th receive on b from a. Clocks: the ranks of one host share perf_counter's; across
-    hosts the step's opening barrier aligns them (an error of that barrier's skew)."""
+    """The ranks' breakdowns as the run-report carries them: the waits that pair a rank with one on another stage
+    split into the time before the peer posted its side (pipeline_idle_s: the other stage was still computing)
+    and the transfer after it. Pairs: a pipeline send and the peer's receive (gloo's and NCCL's p2p both wait for
+    the other side; the rest stays pipeline_p2p_s), and the all-reduce that sums a tied table's gradient between
+    the first and the last stage (the last stage enters it while the first still runs its last backwards: that
+    wait is the pipeline's drain; the rest stays grad_sync_s). The i-th send from a to b matches the i-th receive
+    on b from a, the i-th tied sum the other end's i-th. Clocks: the ranks of one host share perf_counter's;
+    across hosts the step's opening barrier aligns them (an error of that barrier's skew)."""
     posted = {}
     for r in ranks:
         for e in r.get("_p2p", []):
             posted[(r["rank"], e["op"], e["peer"], e["nth"])] = (e["posted_ns"], r["_clock"])
     out = []
     for r in ranks:
-        idle = 0
+        idle = dict.fromkeys(set(_WAITED_IN.values()), 0)
         for e in r.get("_p2p", []):
-            other = "recv" if e["op"] == "send" else "send"
-            match = posted.get((e["peer"], other, r["rank"], e["nth"]))
+            match = posted.get((e["peer"], _PEER_SIDE[e["op"]], r["rank"], e["nth"]))
             if match is None:
                 continue
             peer_posted = _on_clock(match[0], match[1], r["_clock"])
-            idle += sum(min(max(peer_posted - b, 0), end - b) for b, end in e["waits"])
+            idle[_WAITED_IN[e["op"]]] += sum(min(max(peer_posted - b, 0), end - b) for b, end in e["waits"])
         comps = dict(r["components"])
-        moved = min(idle / 1e9, comps["pipeline_p2p_s"])
-        comps["pipeline_p2p_s"] -= moved
-        comps["pipeline_idle_s"] += moved
+        for component, ns in idle.items():
+            moved = min(ns / 1e9, comps[component])
+            comps[component] -= moved
+            comps["pipeline_idle_s"] += moved
         out.append({**{k: v for k, v in r.items() if not k.startswith("_")}, "components": comps})
     return out
 
@@ -563,8 +573,9 @@ class StepTimes:
                 "_trace": trace_events(env.rank, self.marks, self.spans, self.collectives, window[0])}
 
     def _p2p(self, window: tuple[int, int]) -> list[dict]:
-        """Each send and receive of the step with a known peer: its order among this rank's of that kind to that
-        peer, when it was posted, the windows it was waited for (what settle() needs)."""
+        """Each send and receive of the step with a known peer, and each tied-table sum ("tied", the peer being the
+        other end): its order among this rank's of that kind to that peer, when it was posted, the windows it was
+        waited for (what settle() needs)."""
         waits: dict[int, list] = {}
         for s in self.spans:
             if s.kind == "wait" and s.cid is not None:
@@ -574,13 +585,22 @@ class StepTimes:
         seen: dict[tuple, int] = {}
         out = []
         for cid, c in enumerate(self.collectives):
-            if c.op in ("send", "recv") and c.peer is not None:
-                nth = seen.get((c.op, c.peer), 0)
-                seen[(c.op, c.peer)] = nth + 1
-                if window[0] <= c.issued_ns < window[1]:
-                    out.append({"op": c.op, "peer": c.peer, "nth": nth, "posted_ns": c.issued_ns,
-                                "waits": waits.get(cid, [])})
+            op, peer = (c.op, c.peer) if c.op in ("send", "recv") else ("tied", self._tied_peer(c))
+            if peer is None:
+                continue
+            nth = seen.get((op, peer), 0)
+            seen[(op, peer)] = nth + 1
+            if window[0] <= c.issued_ns < window[1]:
+                out.append({"op": op, "peer": peer, "nth": nth, "posted_ns": c.issued_ns, "waits": waits.get(cid, [])})
         return out
+
+    def _tied_peer(self, c: Collective) -> int | None:
+        """The other end's global rank of a tied table's gradient sum (None for any other collective)."""
+        if c.group != "tied" or c.op != "all_reduce":
+            return None
+        env = self._state.env
+        pair = {env.j, (env.pp - 1) * env.size + env.j}
+        return next((r for r in pair if r != env.rank), None)
 
 
 def _deactivate() -> None:
