@@ -13,7 +13,9 @@ Every step is one of the four tools' command lines, as a user types it:
    1f1b and gpipe and uneven stages, mixed per-layer strategies, several micro-batch counts) whose predictions come
    from ``galvatron-search evaluate``, and the plans ``galvatron-search`` finds under a budget where pure data
    parallelism does not fit, with the best baselines re-created by its restricting flags;
-4. run each with ``galvatron-run PLAN --nproc N --steps S`` and read the run-report.
+4. run each with ``galvatron-run PLAN --nproc N --steps S`` and read the run-report, ``--rounds`` times (default 2),
+   the rounds interleaved so that a slow drift of the machine falls on every plan alike; the measured time is the
+   median of the rounds' (the table shows how far apart they were), the measured memory the highest peak.
 
 Prints one row per plan (predicted and measured iteration time and peak memory per rank, their ratios), the
 aggregate errors against the targets of issue 8, the memory accounting of the worst plans, and the measured
@@ -281,19 +283,27 @@ def step_sync_s(hw: dict) -> float:
 
 # --- running and measuring ------------------------------------------------------------------------------------------
 
-def run(plan_path: Path, nproc: int, steps: int, warmup: int) -> dict:
-    report = plan_path.with_suffix(".report.json")
+def report_path(plan_path: Path, round_: int) -> Path:
+    """Round 0's run-report beside the plan (PLAN.report.json), later rounds' as PLAN.r<k>.report.json."""
+    return plan_path.with_suffix(".report.json" if round_ == 0 else f".r{round_}.report.json")
+
+
+def run(plan_path: Path, nproc: int, steps: int, warmup: int, round_: int = 0) -> dict:
+    report = report_path(plan_path, round_)
     tool("galvatron_run", plan_path, "--nproc", nproc, "--steps", steps, "--warmup-steps", warmup, "--report", report,
-         "--timeout", 120, log=plan_path.with_suffix(".run.log"), timeout=900)
+         "--timeout", 120, log=report.with_suffix("").with_suffix(".run.log"), timeout=900)
     return load(report)
 
 
-def row(name: str, plan: dict, report: dict) -> dict:
+def row(name: str, plan: dict, reports: list[dict]) -> dict:
+    """One plan's predictions beside its measurements over the rounds it ran: the median of the rounds' median
+    iteration times and throughputs, the highest peak of any round and rank per stage, round 0's breakdown."""
     pred = plan["predictions"]
+    report = reports[0]
     comp = report["comparison"]
     mem = []
     for st in pred["stages"]:
-        ranks = [r for r in report["memory"]["ranks"] if r["stage"] == st["index"]]
+        ranks = [r for rep in reports for r in rep["memory"]["ranks"] if r["stage"] == st["index"]]
         worst = max(ranks, key=lambda r: r["peak_bytes"])
         mem.append({"stage": st["index"], "pred": st["memory_bytes_per_rank"]["total"], "meas": worst["peak_bytes"],
                     "pred_parts": st["memory_bytes_per_rank"], "meas_parts": {**worst["accounting"],
@@ -301,9 +311,12 @@ def row(name: str, plan: dict, report: dict) -> dict:
     worst_stage = max(mem, key=lambda m: abs(m["pred"] / m["meas"] - 1))
     opt_params = max(st["memory_bytes_per_rank"]["optimizer"] for st in pred["stages"]) / 8   # AdamW: 2 fp32
     spread = report["throughput"]["iteration_time_spread_s"]
+    times = [rep["comparison"]["iteration_time"]["measured"] for rep in reports]
     return {"name": name, "summary": summary_of(plan), "t_pred": pred["iteration_time_s"],
-            "t_meas": comp["iteration_time"]["measured"], "t_p25": spread["p25_s"], "t_p75": spread["p75_s"],
-            "thr_pred": pred["samples_per_s"], "thr_meas": report["throughput"]["samples_per_s"],
+            "t_meas": float(np.median(times)), "t_p25": spread["p25_s"], "t_p75": spread["p75_s"],
+            "rounds": len(reports), "round_spread": max(times) / min(times) - 1,
+            "thr_pred": pred["samples_per_s"],
+            "thr_meas": float(np.median([rep["throughput"]["samples_per_s"] for rep in reports])),
             "mem": mem, "mem_pred": worst_stage["pred"], "mem_meas": worst_stage["meas"],
             "mem_stage": worst_stage["stage"], "breakdown": pred.get("breakdown", {}),
             "mem_under": max(0.0, max(m["meas"] / m["pred"] - 1 for m in mem)), "opt_params": opt_params,
@@ -329,10 +342,13 @@ def spearman(a, b) -> float:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| plan | pred s | meas s (p25-p75) | meas/pred | pred MiB | meas MiB | meas/pred | stage | strategy |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    """One row per plan; 'rounds' is how far apart the slowest and fastest round's median times were."""
+    out = ["| plan | pred s | meas s (p25-p75 of round 0) | rounds | meas/pred | pred MiB | meas MiB | meas/pred | "
+           "stage | strategy |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['name']} | {r['t_pred']:.3f} | {r['t_meas']:.3f} ({r['t_p25']:.3f}-{r['t_p75']:.3f}) | "
+                   f"{r['rounds']} ±{r['round_spread'] * 100:.0f}% | "
                    f"{r['t_meas'] / r['t_pred']:.2f} | {r['mem_pred'] / MIB:.1f} | {r['mem_meas'] / MIB:.1f} | "
                    f"{r['mem_meas'] / r['mem_pred']:.2f} | {r['mem_stage']} | {r['summary']} |")
     return "\n".join(out)
@@ -399,6 +415,8 @@ def main(argv=None) -> int:
     ap.add_argument("--global-batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=10, help="Optimizer steps per plan (default 10).")
     ap.add_argument("--warmup-steps", type=int, default=3, help="Steps excluded from the median (default 3).")
+    ap.add_argument("--rounds", type=int, default=2, help="Runs of each plan, interleaved (default 2): the "
+                                                         "median of their times is the measurement.")
     ap.add_argument("--out", default=None, help="Directory for every document and log (default: a temp dir).")
     ap.add_argument("--profiles", help="Reuse hw.json and mp.json from this directory instead of profiling.")
     ap.add_argument("--plans", help="Comma-separated plan names to run (default all; 'search': the searched plan "
@@ -521,28 +539,41 @@ def plan_path(out: Path, name: str) -> Path:
 
 
 def run_all(plans: dict[str, dict], out: Path, args) -> tuple[list[dict], list[str]]:
-    """Run every plan; one row per plan that ran, and the names of those that failed."""
-    rows, failed = [], []
+    """Run every plan ``args.rounds`` times, the rounds interleaved (every plan once, then again), so a slow drift
+    of the machine falls on every plan alike; one row per plan that ran every round, the names of those that
+    failed."""
+    reports: dict[str, list[dict]] = {name: [] for name in plans}
+    failed: list[str] = []
     for name, plan in plans.items():
-        path = plan_path(out, name)
-        path.write_text(json.dumps(plan, indent=1))
-        t0 = time.perf_counter()
-        kept = path.with_suffix(".report.json")
-        try:
-            if args.reuse_runs and kept.is_file() and load(kept)["plan"]["sha256"] == digest(plan):
-                report = load(kept)            # the same plan document ran before: its measurement stands
-            else:
-                report = run(path, args.nproc, args.steps, args.warmup_steps)
-        except (RuntimeError, subprocess.TimeoutExpired) as e:
-            print(f"FAILED {name}: {e}", file=sys.stderr)
-            failed.append(name)
+        plan_path(out, name).write_text(json.dumps(plan, indent=1))
+    for k in range(args.rounds):
+        for name, plan in plans.items():
+            if name in failed:
+                continue
+            path, t0 = plan_path(out, name), time.perf_counter()
+            kept = report_path(path, k)
+            try:
+                if args.reuse_runs and kept.is_file() and load(kept)["plan"]["sha256"] == digest(plan):
+                    report = load(kept)            # the same plan document ran before: its measurement stands
+                else:
+                    report = run(path, args.nproc, args.steps, args.warmup_steps, k)
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                print(f"FAILED {name}: {e}", file=sys.stderr)
+                failed.append(name)
+                continue
+            reports[name].append(report)
+            pred = plan["predictions"]
+            print(f"  round {k + 1}/{args.rounds} {name}: pred {pred['iteration_time_s']:.3f} s, meas "
+                  f"{report['comparison']['iteration_time']['measured']:.3f} s ({time.perf_counter() - t0:.0f} s)",
+                  file=sys.stderr, flush=True)
+    rows = []
+    for name, plan in plans.items():
+        if name in failed:
             continue
-        rows.append(row(name, plan, report))
-        rows[-1]["report"] = str(path.with_suffix(".report.json"))
-        r = rows[-1]
-        print(f"  {name}: pred {r['t_pred']:.3f} s, meas {r['t_meas']:.3f} s; memory pred "
-              f"{r['mem_pred'] / MIB:.1f} MiB, meas {r['mem_meas'] / MIB:.1f} MiB ({time.perf_counter() - t0:.0f} s)",
-              file=sys.stderr, flush=True)
+        rows.append(row(name, plan, reports[name]))
+        path = plan_path(out, name)
+        rows[-1]["report"] = str(report_path(path, 0))
+        rows[-1]["reports"] = [str(report_path(path, k)) for k in range(args.rounds)]
     return rows, failed
 
 
@@ -550,7 +581,7 @@ def calibrate(cm: Path, out: Path, fit_on: list[dict]) -> Path | None:
     """``galvatron-cost calibrate`` on the run-reports of ``fit_on``; None (and a line saying why) if it fails."""
     cal = out / "cm-calibrated.json"
     try:
-        tool("galvatron_cost", "calibrate", cm, *[r["report"] for r in fit_on], "-o", cal,
+        tool("galvatron_cost", "calibrate", cm, *[p for r in fit_on for p in r["reports"]], "-o", cal,
              log=out / "logs" / "calibrate.log")
     except RuntimeError as e:
         print(f"calibration failed, scoring uncalibrated only: {str(e).splitlines()[0]}")
@@ -564,7 +595,7 @@ def rescore(r: dict, cm: Path, out: Path) -> dict:
     plan = load(r["report"].replace(".report.json", ".json"))
     plan.pop("predictions", None)
     again = evaluate(plan, cm, out / "plans" / f"rescored-{Path(r['report']).name.replace('.report', '')}")
-    return row(r["name"], again, load(r["report"]))
+    return row(r["name"], again, [load(p) for p in r["reports"]])
 
 
 def quality_plans(cm: Path, out: Path, B: int) -> tuple[list[dict], dict[str, dict]]:
