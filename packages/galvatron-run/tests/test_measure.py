@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from galvatron_run.measure import _CollectiveFrees, trace_peak
+from galvatron_run.measure import _CollectiveFrees, trace_peak, unseen_clone_frees
 
 
 def test_a_block_the_trace_never_frees_is_closed_at_its_storage_free():
@@ -27,6 +27,20 @@ def test_reuse_of_an_address_closes_the_block_that_was_there():
 def test_frees_the_trace_records_count_as_they_are():
     allocations = [(0, 0xA, 100), (5, 0xA, -100), (10, 0xB, 50), (20, 0xC, 100)]
     assert trace_peak(allocations, []) == 150
+
+
+def test_a_collectives_internal_clone_the_trace_never_frees_is_freed_at_the_ops_end():
+    """0xA: made inside a c10d op ending at 30, never freed in the trace, its address handed out again at 100:
+    freed at 30 (before 0xE comes at 50). 0xB: the same, but the trace saw its free: nothing added. 0xC: a
+    collective's result (a Python tensor, watched at 12): its free is the watcher's. 0xD: made outside any
+    collective. 0xA's later watch (at 150) belongs to its next life."""
+    allocations = [(10, 0xA, 100), (100, 0xA, 50), (10, 0xB, 7), (40, 0xB, -7), (11, 0xC, 6), (12, 0xD, 1),
+                   (50, 0xE, 100)]
+    inside = {0: 30, 2: 30, 4: 30}
+    hidden = unseen_clone_frees(allocations, inside, {0xC: [12], 0xA: [150]})
+    assert hidden == [(30, 0xA)]
+    assert trace_peak(allocations, hidden) == 157            # 0xC, 0xD, 0xE, then 0xA again: never two 100s
+    assert trace_peak(allocations, []) == 207                # the clone counted until its address is reused
 
 
 def _port() -> int:
