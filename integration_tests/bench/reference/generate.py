@@ -112,15 +112,25 @@ LLAMA70 = dict(LLAMA7, name="llama2-70b", layers=80, hidden=8192, heads=64, kv_h
 
 
 def macs_per_token(spec: dict) -> float:
+    """Multiply-accumulates of one token through one decoder block: the matmuls plus attention (2 s h)."""
     h, f = spec["hidden"], spec["ffn_hidden"]
     kv = spec["kv_heads"] * h // spec["heads"]
+    if spec["family"] == "gpt2":
+        return 4 * h * h + 2 * h * f + 2 * SEQ * h
     return h * (2 * h + 2 * kv) + 3 * h * f + 2 * SEQ * h
 
 
 def param_counts(spec: dict, tp: int) -> dict:
-    """(per-shard params, replicated params) per layer kind."""
+    """(per-shard params, replicated params) per layer kind, as the reference architecture holds them (a tied
+    head owns only its final norm: the table is the embedding's)."""
     h, f, v = spec["hidden"], spec["ffn_hidden"], spec["vocab_size"]
     kv = spec["kv_heads"] * h // spec["heads"]
+    vt = -(-v // tp) * h
+    if spec["family"] == "gpt2":
+        dec = 4 * h * h + 2 * h * f + 3 * h + f        # qkv, proj, fc1, fc2 weights; qkv and fc1 biases
+        positions = spec["max_seq_len"] * h
+        head = (0 if spec["tied_embeddings"] else vt) + 2 * h
+        return {"decoder": (dec // tp + 6 * h, 6 * h), "embedding": (vt + positions, positions), "head": (head, 2 * h)}
     dec = 2 * h * h + 2 * h * kv + 3 * h * f
     return {"decoder": (dec // tp + 2 * h, 2 * h), "embedding": (v * h // tp, 0), "head": (v * h // tp + h, h)}
 
@@ -167,6 +177,52 @@ def model_profile(spec: dict, time_scale: float, end_scale: float, act_in_scale:
                      "quick": False},
         "layers": layers,
     }
+
+
+# Megatron-LM's weak-scaling table (Narayanan et al., "Efficient Large-Scale Language Model Training on GPU
+# Clusters", 2021, Table 1): GPT models, seq 2048, vocabulary 51,200, A100 80 GB, 8 GPUs per node.
+# (name, layers, hidden, heads, GPUs, global batch)
+WEAK_SCALING = [
+    ("gpt-1.7b", 24, 2304, 24, 32, 512),
+    ("gpt-3.6b", 30, 3072, 32, 64, 512),
+    ("gpt-7.5b", 36, 4096, 32, 128, 512),
+    ("gpt-18.4b", 40, 6144, 48, 256, 1024),
+    ("gpt-39.1b", 48, 8192, 64, 512, 1536),
+    ("gpt-76.1b", 60, 10240, 80, 1024, 1792),
+    ("gpt-145.6b", 80, 12288, 96, 1536, 2304),
+    ("gpt-310.1b", 96, 16384, 128, 1920, 2160),
+    ("gpt-529.6b", 105, 20480, 128, 2520, 2520),
+    ("gpt-1t", 128, 25600, 160, 3072, 3072),
+]
+
+
+def gpt_spec(name: str, layers: int, hidden: int, heads: int) -> dict:
+    """A Megatron GPT of the table: GPT-2 architecture, ffn 4h, tied embeddings, learned positions up to seq."""
+    return {"name": name, "family": "gpt2", "layers": layers, "hidden": hidden, "heads": heads, "kv_heads": heads,
+            "ffn_hidden": 4 * hidden, "vocab_size": 51200, "max_seq_len": SEQ, "tied_embeddings": True,
+            "norm_eps": 1e-5, "source": "preset"}
+
+
+def derived_profile(spec: dict, note: str) -> dict:
+    """A model profile scaled from the published LLaMA-2-7B figures (as the 70B-like one): per-layer times by
+    per-token MACs, embedding and head times by the vocabulary projection (V h), saved activations of the layer
+    input by h and the rest by h + ffn."""
+    return model_profile(
+        spec, macs_per_token(spec) / macs_per_token(LLAMA7),
+        spec["vocab_size"] * spec["hidden"] / (LLAMA7["vocab_size"] * LLAMA7["hidden"]),
+        spec["hidden"] / LLAMA7["hidden"],
+        (spec["hidden"] + spec["ffn_hidden"]) / (LLAMA7["hidden"] + LLAMA7["ffn_hidden"]), note)
+
+
+def weak_scaling_profiles() -> list[tuple[dict, int, int]]:
+    """(model profile, GPUs, global batch) for every row of WEAK_SCALING; generated at benchmark time (10 x 40
+    kB, so not stored)."""
+    out = []
+    for name, layers, hidden, heads, gpus, batch in WEAK_SCALING:
+        note = (f"reference: Megatron-LM weak-scaling GPT {name} (Narayanan et al. 2021, Table 1), derived from the "
+                f"published LLaMA-2-7B A100 figures; see integration_tests/bench/reference/generate.py")
+        out.append((derived_profile(gpt_spec(name, layers, hidden, heads), note), gpus, batch))
+    return out
 
 
 def documents() -> dict[str, dict]:

@@ -16,6 +16,10 @@ For a fixed global batch B, every (pp, micro-batch size b, schedule) is one sub-
    After n layers it records R_i[n, e, x], the least stage cost with n decoder layers, entry e and exit x. The
    pipelining receive buffers of a stage boundary (m messages, in the layout of the layer before it) are units
    held from the start (the entry's) or reserved at the end (the exit's, for the gradients coming back).
+   Each step works one previous layout and one strategy at a time on shifted slices (`_relayout`, `_add_layer`),
+   so no (layout x layout) or (strategy x units) temporary is built. The plan is read back by rerunning each
+   chosen stage on its one entry layout or tied class (the state's slices never mix) while keeping, per layer,
+   only the choices that reached each state's minimum, as int8/int16 records, not the layer's float table.
 3. Partition DP: H_i[k, x] = min over n, e of max(H_{i-1}[k - n, e], R_i[n, e, x]) (the iteration time is the
    largest stage cost c_i = K t_i + x_i). The optimizer step's fixed part and the step overhead (F) are the same
    in every stage of every plan, so the DPs leave them out and the sub-problem results are compared as DP value + F.
@@ -239,6 +243,49 @@ class StageRun:
     trace: dict | None = None
 
 
+def _index_dtype(n: int):
+    """The smallest signed integer type that holds indices 0..n-1 (the backtracking records)."""
+    return np.int8 if n <= np.iinfo(np.int8).max else np.int16 if n <= np.iinfo(np.int16).max else np.int32
+
+
+def _relayout(X: np.ndarray, tr_in: np.ndarray, nA: int, arg: np.ndarray | None = None) -> np.ndarray:
+    """Y[j] = min over the previous layer's layout a of X[a] + tr_in[a, j]: the stage state with its last layer
+    moved into layout j. One previous layout at a time, into one buffer (no (a, j, ...) temporary); with `arg`,
+    the first a reaching the minimum is written there (what the backtracking reads)."""
+    Y = np.full((nA,) + X.shape[1:], INF)
+    tmp = np.empty_like(Y)
+    for a in range(X.shape[0]):
+        np.add(X[a][None], tr_in[a][:, None, None, None], out=tmp)
+        if arg is None:
+            np.minimum(Y, tmp, out=Y)
+        else:
+            better = tmp < Y
+            np.copyto(Y, tmp, where=better)
+            arg[better] = a
+    return Y
+
+
+def _add_layer(Y: np.ndarray, du: np.ndarray, w0: np.ndarray, dc: np.ndarray, dpos: np.ndarray,
+               arg: np.ndarray | None = None) -> np.ndarray:
+    """Z[j, u, w] = min over the strategies s of layout j (u >= du[s], w >= w0[s]) of Y[j, u - du[s], w] + dc[s]:
+    one more layer, as a shifted slice per strategy; with `arg`, the first strategy reaching the minimum."""
+    Z = np.full(Y.shape, INF)
+    U1 = Y.shape[1]
+    for s in range(len(dc)):
+        d, j, w = int(du[s]), int(dpos[s]), int(w0[s])
+        if d >= U1 or w >= Y.shape[2]:
+            continue
+        cand = Y[j, : U1 - d, w:] + dc[s]
+        out = Z[j, d:, w:]
+        if arg is None:
+            np.minimum(out, cand, out=out)
+        else:
+            better = cand < out
+            np.copyto(out, cand, where=better)
+            arg[j, d:, w:][better] = s
+    return Z
+
+
 def _units(kind: Kind, a: int, avail: float, U: int):
     """(layer units, workspace units) per strategy."""
     lu = np.minimum(units(layer_memory(kind.states, kind.act, a), U, avail), U + 1).astype(np.int64)
@@ -247,8 +294,12 @@ def _units(kind: Kind, a: int, avail: float, U: int):
 
 
 def stage_dp(sub: Sub, i: int, schedule: str, budget: float, overhead: float, U: int, n_max: int,
-             only_n: int | None = None, entry: int | None = None, bound: float = INF) -> StageRun | None:
-    """Least cost of stage i for every decoder count n <= n_max (see the module docstring)."""
+             only_n: int | None = None, entry: int | None = None, bound: float = INF,
+             cls: int | None = None) -> StageRun | None:
+    """Least cost of stage i for every decoder count n <= n_max (see the module docstring).
+
+    `entry` (a later stage) or `cls` (stage 0: a tied embedding class) keeps that one slice of the state: the
+    slices never mix, so its numbers are those of the full run (the backtracking reruns a stage this way)."""
     p = sub.p
     last = i == p - 1
     a = in_flight(schedule, i, p, sub.m)
@@ -272,30 +323,29 @@ def stage_dp(sub: Sub, i: int, schedule: str, budget: float, overhead: float, U:
     W = len(caps)
     order = np.argsort(pos[dec.layout], kind="stable")
     du, dw, dc, dpos = du[order], dw[order], dec.c[order], pos[dec.layout[order]]
-    starts = np.r_[0, np.nonzero(np.diff(dpos))[0] + 1]
-    groups = dpos[starts]
     uu = np.arange(U + 1)
-    src = uu[None, :] - du[:, None]                                   # (S, U+1)
-    valid = src >= 0
-    flat = (dpos[:, None] * (U + 1) + np.where(valid, src, 0)).ravel()
     S = len(dc)
-    ends = np.r_[starts[1:], S]
     trA = sub.trK[np.ix_(A, A)]
     if i == 0:
         emb = sub.emb
-        E = sub.n_cls
+        classes = np.arange(sub.n_cls) if cls is None else np.array([cls])
+        E = len(classes)
+        slot = np.full(sub.n_cls, -1)
+        slot[classes] = np.arange(E)
         eu, ew = emb_u
         ecls = np.zeros(len(emb.rows), dtype=int) if emb.cls is None else emb.cls
         X = np.full((len(sub.pipe.layouts), U + 1, W, E), INF)
         for h in range(len(emb.rows)):
-            if eu[h] <= U:
+            e = slot[ecls[h]]
+            if eu[h] <= U and e >= 0:
                 ws_ok = ew[h] <= caps
-                cur = X[emb.layout[h], eu[h], :, ecls[h]]
-                X[emb.layout[h], eu[h], :, ecls[h]] = np.where(ws_ok, np.minimum(cur, emb.c[h]), cur)
+                cur = X[emb.layout[h], eu[h], :, e]
+                X[emb.layout[h], eu[h], :, e] = np.where(ws_ok, np.minimum(cur, emb.c[h]), cur)
         X = np.minimum.accumulate(X, axis=1)
         tr_in = sub.trK[:, A]
         entries = None
     else:
+        classes = None
         ent = np.arange(nA) if entry is None else np.array([pos[entry]])
         E = len(ent)
         X = np.full((nA, U + 1, W, E), INF)
@@ -314,33 +364,32 @@ def stage_dp(sub: Sub, i: int, schedule: str, budget: float, overhead: float, U:
         hok = (hcol >= 0) & (hw[:, None] <= caps[None, :])
         hmask = np.ones((H, E), dtype=bool)
         if head.cls is not None:
-            hmask = head.cls[:, None] == np.arange(E)[None, :]
+            hmask = head.cls[:, None] == (np.arange(E) if classes is None else classes)[None, :]
         hadd = np.where(hok[:, :, None] & hmask[:, None, :], head.c[:, None, None], INF)   # (H, W, E)
         R = np.full((n_cap + 1, E), INF)
     else:
         R = np.full((n_cap + 1, E, nA), INF)
-    # cost of each strategy at each usage and cap (INF: does not fit below u, or above the cap)
-    addc = (np.where(valid[:, :, None], dc[:, None, None], INF)
-            + np.where(dw[:, None] <= caps[None, :], 0.0, INF)[:, None, :])[:, :, :, None]   # (S, U+1, W, 1)
-    trace = {"X": [X], "Y": []} if only_n is not None else None
+    w0 = np.searchsorted(caps, dw)                                    # the first cap each strategy fits under
+    trace = {"from": [None], "pick": [None]} if only_n is not None else None
     cells = 0
     wi = np.arange(W)
+    pick_type = _index_dtype(S)
     for n in range(1, n_cap + 1):
+        came = None
         if n == 1 and i > 0:     # from the entry layout only: no memory used yet
             first = sub.p2pK[entries][None, :] + sub.trK[np.ix_(entries, A)].T               # (nA, E)
             held = uu[:, None] >= bu[entries][None, :]                                     # (U+1, E)
             Y = np.broadcast_to(np.where(held[None, :, None, :], first[:, None, None, :], INF), (nA, U + 1, W, E))
         else:
-            Y = np.min(X[:, None] + tr_in[:, :, None, None, None], axis=0)            # (nA, U+1, W, E)
-        G = np.take(np.ascontiguousarray(Y).reshape(nA * (U + 1), W * E), flat, axis=0).reshape(S, U + 1, W, E)
-        np.add(G, addc, out=G)
-        Z = np.full((nA, U + 1, W, E), INF)
-        for g0, g1, lay in zip(starts, ends, groups, strict=True):
-            np.min(G[g0:g1], axis=0, out=Z[lay])
-        cells += G.size
+            if trace is not None:
+                came = np.zeros((nA, U + 1, W, E), dtype=_index_dtype(X.shape[0]))
+            Y = _relayout(X, tr_in, nA, came)
+        pick = np.zeros((nA, U + 1, W, E), dtype=pick_type) if trace is not None else None
+        Z = _add_layer(Y, du, w0, dc, dpos, pick)
+        cells += S * (U + 1) * W * E
         if trace is not None:
-            trace["Y"].append(Y)
-            trace["X"].append(Z)
+            trace["from"].append(came)
+            trace["pick"].append(pick)
         at_cap = Z[:, ucol, wi, :]                                                    # (nA, W, E)
         if only_n is None or n == only_n:
             if last:
@@ -357,9 +406,8 @@ def stage_dp(sub: Sub, i: int, schedule: str, budget: float, overhead: float, U:
     sub.counters["cells"] = sub.counters.get("cells", 0) + cells
     run = StageRun(R=R, trace=trace)
     if trace is not None:
-        trace.update(caps=caps, ucol=ucol, du=du, dw=dw, bu=bu, order=order, dpos=dpos, dc=dc, entries=entries, E=E,
-                     emb_u=emb_u, head_u=head_u, trH=trH if last else None, hadd=hadd if last else None,
-                     hcol=hcol if last else None, hok=hok if last else None)
+        trace.update(Z=X, classes=classes, caps=caps, ucol=ucol, du=du, bu=bu, order=order, emb_u=emb_u,
+                     trH=trH if last else None, hadd=hadd if last else None, hcol=hcol if last else None)
     return run
 
 
@@ -372,14 +420,15 @@ def _at_exit(Z: np.ndarray, ucol: np.ndarray, exit_units: np.ndarray, wi: np.nda
     return np.where(ok[:, :, None], out, INF)
 
 
-def _backtrack(sub: Sub, i: int, run: StageRun, n: int, e_idx: int, exit_layout: int | None, U: int):
-    """Decoder strategy rows (model order), and the embedding or head row, of the chosen stage."""
+def _backtrack(sub: Sub, i: int, run: StageRun, n: int, exit_layout: int | None):
+    """Decoder strategy rows (model order), and the embedding or head row, of the chosen stage: the head (last
+    stage) or the exit state, then the recorded choices back to the first layer. `run` kept one entry or class."""
+    e_idx = 0
     tr = run.trace
     A = sub.active
     caps = tr["caps"]
     W = len(caps)
-    Xs, Ys = tr["X"], tr["Y"]
-    Z = Xs[n]
+    Z = tr["Z"]
     head_row = None
     if exit_layout is None:      # last stage: pick the head
         best = (INF, None)
@@ -401,21 +450,14 @@ def _backtrack(sub: Sub, i: int, run: StageRun, n: int, e_idx: int, exit_layout:
         w = int(np.argmin(vals))
         u = int(free[w])
     rows = []
-    du, dw, dpos, dc, order = tr["du"], tr["dw"], tr["dpos"], tr["dc"], tr["order"]
-    for k in range(n, 0, -1):
-        Y = Ys[k - 1]
-        best = (INF, None)
-        for s in np.nonzero(dpos == j)[0]:
-            if du[s] <= u and dw[s] <= caps[w]:
-                v = Y[j, u - du[s], w, e_idx] + dc[s]
-                if v < best[0]:
-                    best = (v, s)
-        s = best[1]
+    du, order = tr["du"], tr["order"]
+    for k in range(n, 0, -1):    # the recorded choices: layer k's strategy, then the layout before it
+        s = int(tr["pick"][k][j, u, w, e_idx])
         rows.append(int(sub.dec.rows[order[s]]))
         u -= int(du[s])
-        Xp = Xs[k - 1]
-        tr_col = sub.trK[:, A[j]] if (k == 1 and i == 0) else sub.trK[A, A[j]]
-        j = int(np.argmin(Xp[:, u, w, e_idx] + tr_col))
+        came = tr["from"][k]
+        if came is not None:     # (none for a later stage's first layer: it comes from the entry)
+            j = int(came[j, u, w, e_idx])
     emb_row = None
     if i == 0:    # j is now the embedding's layout in the full layout space
         emb = sub.emb
@@ -423,7 +465,7 @@ def _backtrack(sub: Sub, i: int, run: StageRun, n: int, e_idx: int, exit_layout:
         ecls = np.zeros(len(emb.rows), dtype=int) if emb.cls is None else emb.cls
         best = (INF, None)
         for h in range(len(emb.rows)):
-            if (ecls[h] == e_idx and emb.layout[h] == j and eu[h] <= u and ew[h] <= caps[w]
+            if (ecls[h] == tr["classes"][e_idx] and emb.layout[h] == j and eu[h] <= u and ew[h] <= caps[w]
                     and emb.c[h] < best[0]):
                 best = (emb.c[h], h)
         emb_row = int(emb.rows[best[1]])
@@ -576,10 +618,10 @@ def reconstruct(tables: CostTables, sub: Sub, schedule: str, budget: float, U: i
     bounds = [0]
     for i, (n, e, x) in enumerate(stages):
         entry = None if i == 0 else int(A[e])
-        run = stage_dp(sub, i, schedule, budget, tables.overhead, U, n, only_n=n, entry=entry)
-        e_idx = e if i == 0 else 0
+        run = stage_dp(sub, i, schedule, budget, tables.overhead, U, n, only_n=n, entry=entry,
+                       cls=e if i == 0 else None)
         exit_layout = None if i == p - 1 else int(A[x])
-        rows, er, hr = _backtrack(sub, i, run, n, e_idx, exit_layout, U)
+        rows, er, hr = _backtrack(sub, i, run, n, exit_layout)
         dec_rows += _grouped(rows, sub.pipe.kinds["decoder"].layout)
         emb_row = er if er is not None else emb_row
         head_row = hr if hr is not None else head_row
