@@ -59,6 +59,9 @@ ADDED = {
                             ("pipelines", "*", "extrapolated_p2p"), ("step_overhead_s",), ("calibration",)],
     ("run-report", "1.2"): [("comparison", "memory", "*", "budget_bytes"), ("comparison", "memory", "*", "accounting"),
                             ("comparison", "breakdown"), ("breakdown",)],
+    ("model-profile", "1.2"): [("layers", "*", "param_tensors"), ("layers", "*", "sequence_parallel_timings"),
+                               ("optimizer_step", "per_tensor_s"), ("optimizer_step", "dtensor"),
+                               ("optimizer_step", "points", "*", "holding")],
 }
 
 
@@ -97,16 +100,39 @@ def noted(doc: dict, note: str) -> dict:
     return doc
 
 
+# The enum values each minor added, as (list path, field, value): an older release's document has no list item
+# whose field holds the value (a cost model before 1.3 lists no zero1 strategy).
+ADDED_VALUES = {
+    ("cost-model", "1.3"): [(("pipelines", "*", "strategies"), "dp_sharding", "zero1")],
+}
+
+
 def as_release(doc: dict, version: str) -> dict:
     """The document as the older release ``version`` of its kind carries it: without the fields later minors
-    added."""
+    added, nor the list items that use an enum value they added."""
     out = copy.deepcopy(doc)
     for (kind, minor), paths in ADDED.items():
         if kind == doc["kind"] and parse_version(minor) > parse_version(version):
             for path in paths:
                 drop(out, path)
+    for (kind, minor), items in ADDED_VALUES.items():
+        if kind == doc["kind"] and parse_version(minor) > parse_version(version):
+            for path, field, value in items:
+                drop_items(out, path, field, value)
     out["schema_version"] = version
     return out
+
+
+def drop_items(node, path, field, value):
+    """Remove from the list at ``path`` ('*': every item of a list on the way) the items whose ``field`` is
+    ``value``."""
+    if not path:
+        node[:] = [item for item in node if item.get(field) != value]
+    elif isinstance(node, list) and path[0] == "*":
+        for item in node:
+            drop_items(item, path[1:], field, value)
+    elif isinstance(node, dict) and path[0] in node:
+        drop_items(node[path[0]], path[1:], field, value)
 
 
 def drop(node, path):
@@ -493,8 +519,8 @@ def invalid_examples() -> dict[str, list[tuple[str, dict, str, str, str]]]:
         "cost-model": [
             ("bad-input-digest", mutate(cm, [(("inputs", 0, "sha256"), "abc123")]), "$.inputs[0].sha256",
              "does not match", "a digest is 64 lowercase hex digits"),
-            ("zero1-sharding", mutate(cm, [(("pipelines", 0, "strategies", 0, "dp_sharding"), "zero1")]),
-             "$.pipelines[0].strategies[0].dp_sharding", "is not one of", "sharding is ddp, zero2 or zero3"),
+            ("zero4-sharding", mutate(cm, [(("pipelines", 0, "strategies", 0, "dp_sharding"), "zero4")]),
+             "$.pipelines[0].strategies[0].dp_sharding", "is not one of", "sharding is ddp, zero1, zero2 or zero3"),
             ("negative-per-sample", mutate(cm, [(("pipelines", 0, "strategies", 0, "time", "forward",
                                                   "per_sample_s"), -1e-3)]),
              "$.pipelines[0].strategies[0].time.forward.per_sample_s", "less than the minimum",

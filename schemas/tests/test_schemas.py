@@ -74,7 +74,7 @@ IGNORED = {"$id", "title", "description"}  # what a minor may reword; the schema
 def additions(old, new, at="$", field=()):
     """The optional fields ``new`` adds to ``old``, each as the document path to it ('*': every item of a list;
     the schema path where it is not under properties/items); AssertionError, naming the schema path, where ``new``
-    changes anything else."""
+    changes anything else than adding fields or appending values to an enum."""
     if not (isinstance(old, dict) and isinstance(new, dict)):
         assert old == new, f"{at}: {old!r} became {new!r}"
         return []
@@ -82,6 +82,14 @@ def additions(old, new, at="$", field=()):
     assert keys == set(new) - IGNORED, f"{at}: keywords differ: {sorted((set(old) ^ set(new)) - IGNORED)}"
     added = []
     for key in sorted(keys - {"properties"}):
+        if key == "enum":      # widened: every old value kept (a document valid before keeps its meaning)
+            assert all(v in new[key] for v in old[key]), f"{at}.enum: {old[key]!r} became {new[key]!r}"
+            continue
+        if key == "$defs":     # a new definition is no field: only what refers to it is (a new optional field)
+            for name in old[key]:
+                assert name in new[key], f"{at}.$defs: {name} removed"
+                added += additions(old[key][name], new[key][name], f"{at}.$defs.{name}", None)
+            continue
         inner = field + ("*",) if key == "items" and field is not None else None
         added += additions(old[key], new[key], f"{at}.{key}", inner)
     old_props, new_props = old.get("properties", {}), new.get("properties", {})

@@ -89,8 +89,19 @@ def test_newer_minor_still_checks_the_fields_it_knows(capsys):
     doc = hardware_profile(schema_version="1.3")
     doc["cluster"]["world_size"] = "two"
     e = refused(D.validate, doc, "new.json")
-    assert e.errors == ["$.cluster.world_size: 'two' is not of type 'integer'"]
+    assert e.errors == ["$.cluster.world_size: 'two' is not of type 'integer'",
+                        "$.schema_version: hardware-profile 1.3 is newer than this reader's 1.2; upgrade the tool to "
+                        "read it"]
     assert "warning" in capsys.readouterr().err
+
+
+def test_a_value_a_newer_minor_appended_to_an_enum_is_refused_with_the_reason(capsys):
+    doc = hardware_profile(schema_version="1.9")
+    doc["cluster"]["backend"] = "rccl"
+    e = refused(D.validate, doc, "new.json")
+    assert e.errors[0].startswith("$.cluster.backend: 'rccl' is not one of")
+    assert e.errors[-1] == ("$.schema_version: hardware-profile 1.9 is newer than this reader's 1.2; upgrade the "
+                            "tool to read it")
 
 
 def test_newer_major_is_refused_naming_the_supported_range():

@@ -35,8 +35,8 @@ def test_two_ranks_validates_and_enumerates(two_ranks):
     pipe = doc["pipelines"][0]
     assert [lay["id"] for lay in pipe["layouts"]] == ["tp1 dp2", "tp2 dp1", "tp2+sp dp1"]
     assert len(pipe["transitions"]) == 3 * 2
-    # tp1 (dp 2): 3 shardings x 2 recompute for decoder and head, 3 for embedding; tp2 (dp 1): ddp only
-    assert len(pipe["strategies"]) == 6 + 3 + 6 + 2 * (2 + 1 + 2)
+    # tp1 (dp 2): 4 shardings x 2 recompute for decoder and head, 4 for embedding; tp2 (dp 1): ddp only
+    assert len(pipe["strategies"]) == 8 + 4 + 8 + 2 * (2 + 1 + 2)
     assert doc["overlap"] == {"compute_slowdown": 1.1, "comm_slowdown": 1.25, "measured": True}
     assert [i["kind"] for i in doc["inputs"]] == ["hardware-profile", "model-profile"]
 
@@ -71,6 +71,14 @@ def test_data_parallel_comm_and_memory_by_hand(two_ranks):
     assert z3["time"]["param_gather_backward_s"] == z3["time"]["param_gather_forward_s"]
     assert z3["time"]["grad_reduce_per_microbatch_s"] == pytest.approx(z3["time"]["param_gather_forward_s"])
     assert z3["memory"]["param_bytes"] + z3["memory"]["grad_bytes"] + z3["memory"]["optimizer_bytes"] == 16 * P // 2
+    # zero1: once per iteration, the reduce-scatter of the accumulated fp32 gradients and the all-gather of the
+    # updated fp32 parameters (each moves half of 4 P bytes on 2 ranks); nothing per micro-batch
+    z1 = _strategy(two_ranks, 1, "decoder tp1 dp2 zero1")
+    assert z1["time"]["grad_sync_s"] == pytest.approx(2 * z3["time"]["param_gather_forward_s"], rel=1e-12)
+    assert z1["time"]["param_gather_forward_s"] == z1["time"]["param_gather_backward_s"] == 0
+    assert z1["time"]["grad_reduce_per_microbatch_s"] == 0
+    assert (z1["memory"]["param_bytes"], z1["memory"]["grad_bytes"], z1["memory"]["optimizer_bytes"]) == (
+        4 * P // 2 + 4 * P, 4 * P, 8 * P // 2)
     # compute: b samples over dp 2, s = 32 tokens each, synthetic per-token 4e-7 at tp1
     assert ddp["time"]["forward"]["per_sample_s"] == pytest.approx(4e-7 * 32 / 2, rel=1e-4)
     assert ddp["time"]["backward"]["per_sample_s"] == pytest.approx(4e-7 * 32 / 2 * synthetic.BACKWARD, rel=1e-4)
@@ -256,14 +264,14 @@ def test_single_rank_profile():
 
 
 def test_optimizer_step_by_hand():
-    """The profile's fit times the parameters each rank updates: all of the shard under ddp, 1/dp under zero2/3."""
+    """The profile's fit times the parameters each rank updates: all of the shard under ddp, 1/dp under zero1/2/3."""
     fixed, per_param = synthetic.OPTIMIZER
     doc = fit(synthetic.hardware_profile(1, 2), synthetic.model_profile(TINY, optimizer=True))
     assert schema_errors(doc, "cost-model", doc["schema_version"]) == []
     assert doc["optimizer_step"] == {"fixed_s": fixed, "per_param_s": per_param, "measured": True,
                                      "optimizer": "adamw"}
     P = 12 * 64 * 64 + 13 * 64                          # one gpt2 block, h = 64; every dim 0 even
-    for sharding, held in (("ddp", P), ("zero2", P // 2), ("zero3", P // 2)):
+    for sharding, held in (("ddp", P), ("zero1", P // 2), ("zero2", P // 2), ("zero3", P // 2)):
         for rc in ("", " rc"):
             st = _strategy(doc, 1, f"decoder tp1 dp2 {sharding}{rc}")
             assert st["time"]["optimizer_step_s"] == pytest.approx(per_param * held, rel=1e-12)

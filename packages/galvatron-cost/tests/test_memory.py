@@ -65,6 +65,25 @@ def test_zero_states_bf16_mixed_precision_by_hand():
     assert model_states(P, P_d, "zero3", "bf16", "sgd")["optimizer_bytes"] == 4 * P_d     # the momentum buffer
 
 
+def test_zero1_states_by_hand():
+    """zero1 (FSDP2 driven once per step): the sharded fp32 master and optimizer states, the unsharded compute copy
+    kept through the step's micro-batches, the gradients accumulated whole in fp32; zero2's transients."""
+    P, P_d = 1000, 250
+    z1 = model_states(P, P_d, "zero1", "fp32", "adamw")
+    assert (z1["param_bytes"], z1["grad_bytes"], z1["optimizer_bytes"]) == (4 * P_d + 4 * P, 4 * P, 8 * P_d)
+    assert z1["workspace_bytes"] == model_states(P, P_d, "zero2", "fp32", "adamw")["workspace_bytes"] == 4 * P + 4 * P
+    bf16 = model_states(P, P_d, "zero1", "bf16", "adamw")
+    # bf16 copy 2P whole, fp32 accumulated gradients 4P whole, fp32 master and states 12P/d sharded
+    assert (bf16["param_bytes"], bf16["grad_bytes"], bf16["optimizer_bytes"]) == (4 * P_d + 2 * P, 4 * P, 8 * P_d)
+    gloo = model_states(P, P_d, "zero1", "bf16", "adamw", backend="gloo")
+    assert gloo["workspace_bytes"] == 2 * P + 4 * P + 4 * P + 4 * P    # bf16 grads, fp32 cast, reduce input, copy
+    assert model_states(P, P_d, "zero1", "fp32", "sgd")["optimizer_bytes"] == 4 * P_d
+    z2 = model_states(P, P_d, "zero2", "bf16", "adamw")
+    assert bf16["grad_bytes"] - z2["grad_bytes"] == 4 * P - 4 * P_d      # all zero1 adds to zero2: whole gradients
+    assert {k: bf16[k] for k in ("param_bytes", "optimizer_bytes")} == {k: z2[k] for k in ("param_bytes",
+                                                                                          "optimizer_bytes")}
+
+
 def test_fsdp_padding_of_dim0():
     # tensors (dim0, numel): a 10 x 3 weight and a bias of 10 over d = 4 -> ceil(10/4) = 3 rows each
     shapes = [(10, 30), (10, 10)]

@@ -8,7 +8,7 @@ import numpy as np
 
 from galvatron_contracts.documents import CURRENT_VERSION
 from galvatron_contracts.ranks import canonical_layout
-from galvatron_search.costs import CostTables
+from galvatron_search.costs import SHARDINGS, CostTables
 from galvatron_search.evaluate import Spec, evaluate_spec
 
 
@@ -48,7 +48,7 @@ def cost_model(seed: int, nodes: int = 1, gpus_per_node: int = 4, layers: int = 
                                     "backward": _lin_t(rng, 0, 3e-4)})
         strategies = []
         for kind, most in (("decoder", max_dec), ("embedding", max_ends), ("head", max_ends)):
-            pool = [(lay, sh, rc) for lay in layouts for sh in ("ddp", "zero2", "zero3") for rc in (False, True)]
+            pool = [(lay, sh, rc) for lay in layouts for sh in SHARDINGS for rc in (False, True)]
             if kind == "head" and tied and pp == 1:
                 emb_keys = {(s["layout"], s["dp_sharding"]) for s in strategies if s["layer"] == "embedding"}
                 pool = [c for c in pool if (c[0]["id"], c[1]) in emb_keys]
@@ -70,8 +70,10 @@ def cost_model(seed: int, nodes: int = 1, gpus_per_node: int = 4, layers: int = 
                              "param_gather_forward_s": rng.uniform(0, 5e-3) if zero3 else 0.0,
                              "param_gather_backward_s": rng.uniform(0, 5e-3) if zero3 else 0.0,
                              "grad_reduce_per_microbatch_s":
-                                 rng.uniform(0, 5e-3) if sh != "ddp" and lay["dp"] > 1 else 0.0,
-                             "grad_sync_s": rng.uniform(0, 3e-2) if sh == "ddp" and lay["dp"] > 1 else 0.0,
+                                 rng.uniform(0, 5e-3) if sh in ("zero2", "zero3") and lay["dp"] > 1 else 0.0,
+                             # ddp's all-reduce; zero1's reduce-scatter and all-gather, once per iteration
+                             "grad_sync_s":
+                                 rng.uniform(0, 3e-2) if sh in ("ddp", "zero1") and lay["dp"] > 1 else 0.0,
                              **opt},
                     "memory": {"param_bytes": rng.randint(2 ** 26, 2 ** 29),
                                "grad_bytes": rng.randint(2 ** 26, 2 ** 29),

@@ -4,7 +4,7 @@ import json
 from click.testing import CliRunner
 from synth import cost_model
 
-from galvatron_contracts.documents import validate
+from galvatron_contracts.documents import CURRENT_VERSION, validate
 from galvatron_contracts.names import plan_summary
 from galvatron_search.cli import main
 
@@ -61,7 +61,7 @@ def test_evaluate_own_and_hand_written_plans(tmp_path):
     for tp, tl in sorted(used):
         tg, dg = rank_groups(range(8), tp, tl)
         layouts.append({"tp": tp, "tp_layout": tl, "dp": 8 // tp, "tp_groups": tg, "dp_groups": dg})
-    hand = {"kind": "plan", "schema_version": "1.0", "producer": {"name": "by hand", "version": "0"},
+    hand = {"kind": "plan", "schema_version": CURRENT_VERSION["plan"], "producer": {"name": "by hand", "version": "0"},
             "model": cm["model"], "cluster": {"nodes": 1, "gpus_per_node": 8, "world_size": 8},
             "training": {"seq_len": 64, "dtype": "bf16", "optimizer": {"name": "adamw"}},
             "global_batch": 16, "micro_batch_size": 8, "micro_batches": 2, "schedule": "1f1b",
@@ -113,7 +113,7 @@ def test_restricting_flags_reach_the_search(tmp_path):
         cm = cost_model(seed, 1, 8, 4, False, max_dec=3)
         cm_path = write(tmp_path, f"cm{seed}.json", cm)
         r = run(["--memory", "64", cm_path, "--global-batch", "16", "--max-pp", "1", "--no-recompute", "--schedule",
-                 "gpipe", "--sharding", "zero3", "--sharding", "zero2", "--no-baselines"])
+                 "gpipe", "--sharding", "zero3", "--sharding", "zero1", "--no-baselines"])
         if r.exit_code == 4:
             assert "no plan" in r.stderr
             continue
@@ -122,8 +122,8 @@ def test_restricting_flags_reach_the_search(tmp_path):
         plan = json.loads(r.stdout)
         assert len(plan["stages"]) == 1 and plan["schedule"] == "gpipe"
         assert all(not s["recompute"] for s in plan["layers"] + [plan["embedding"], plan["head"]])
-        assert all(s["dp_sharding"] in ("zero2", "zero3") for s in plan["layers"])
-        assert plan["search"]["options"]["shardings"] == ["zero3", "zero2"]
+        assert all(s["dp_sharding"] in ("zero1", "zero3") for s in plan["layers"])
+        assert plan["search"]["options"]["shardings"] == ["zero3", "zero1"]
         r = run(["--memory", "64", cm_path, "--global-batch", "16", "--dp-only", "--uniform", "--no-baselines"])
         assert r.exit_code in (0, 4)
         if r.exit_code == 0:
@@ -140,3 +140,22 @@ def test_help_shows_examples_and_the_output_flag():
         assert r.exit_code == 0 and "Examples:" in r.stdout and example in r.stdout, args
     for command in ("search", "evaluate"):
         assert "-o, --output FILE" in run([command, "--help"]).stdout
+
+
+def test_zero1_plans_are_searched_evaluated_and_explained(tmp_path):
+    """--sharding zero1 confines the search to ZeRO-1; --explain and evaluate name it; a plan 1.0 cannot carry it
+    (its dp_sharding enum lacks the value: exit 3 naming the field)."""
+    cm_path = write(tmp_path, "cm.json", cost_model(6, 1, 8, 4, False, max_dec=3))
+    r = run(["--memory", "64", cm_path, "--global-batch", "8", "--sharding", "zero1", "--explain", "--no-baselines"])
+    assert r.exit_code == 0, r.stderr
+    plan = validate(json.loads(r.stdout), "plan", "plan")
+    used = [s for s in plan["layers"] + [plan["embedding"], plan["head"]] if s["dp"] > 1]
+    assert used and all(s["dp_sharding"] == "zero1" for s in used)
+    assert plan["schema_version"] == "1.1" and "zero1" in plan_summary(plan)
+    table = r.stderr.split("stage  ranks")[1]                   # the per-stage table of --explain
+    assert "zero1" in table.splitlines()[2]
+    r = run(["evaluate", write(tmp_path, "plan.json", plan), cm_path, "--explain"])
+    assert r.exit_code == 0 and f"evaluated: {plan_summary(plan)}" in r.stderr
+    assert json.loads(r.stdout)["predictions"] == plan["predictions"]
+    r = run(["evaluate", write(tmp_path, "old.json", dict(plan, schema_version="1.0")), cm_path])
+    assert r.exit_code == 3 and "dp_sharding" in r.stderr and "zero1" in r.stderr

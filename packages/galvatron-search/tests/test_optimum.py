@@ -186,3 +186,22 @@ def test_memory_margin_keeps_its_share_of_the_budget_free(inst, margin):
         assert math.isclose(kept.T, exact.T, rel_tol=1e-12)
         stages = evaluate_spec(tables, kept.spec)["stages"]
         assert max(s["total"] for s in stages) <= gib * GIB * (1 - margin)
+
+
+def test_zero1_is_in_the_space_and_chosen_where_it_is_best():
+    """ZeRO-1 strategies are enumerated like the others: on some instances the brute-force optimum holds one, and
+    the search finds that optimum (the instance is one of those test_search_equals_brute_force draws from)."""
+    chosen = 0
+    for seed in range(12):
+        cm = cost_model(seed, 1, 8, 4, False, max_dec=3)
+        best, spec, _ = brute_force(cm, 3 * GIB, 8)
+        if spec is None:
+            continue
+        tables = CostTables(cm)
+        kinds = tables.pipeline(spec.pp).kinds
+        rows = [("decoder", r) for r in spec.dec] + [("embedding", spec.emb), ("head", spec.head)]
+        if any(kinds[kind].entries[r]["dp_sharding"] == "zero1" for kind, r in rows):
+            chosen += 1
+            result, _ = run_search(tables, Options(memory_bytes=3 * GIB, global_batch=8))
+            assert math.isclose(result.T, best, rel_tol=1e-9), (result.T, best, spec)
+    assert chosen > 0

@@ -70,7 +70,7 @@ def test_a_large_overhead_favours_the_larger_global_batch():
     """samples/s = B / (T(B) + s): an overhead paid per iteration amortises over larger batches. On this instance
     the search without it takes a smaller global batch than it could fit (memory makes the largest slower per
     sample); with a large one it takes the largest that fits."""
-    cm = cost_model(1, 1, 4, 3, False)
+    cm = cost_model(6, 1, 4, 3, False)
     opts = dict(memory_bytes=3 * GIB, min_global_batch=4, max_global_batch=32)
     feasible = [B for B in (4, 8, 16, 32)
                 if run_search(CostTables(cm), Options(memory_bytes=3 * GIB, global_batch=B))[0].spec is not None]

@@ -50,7 +50,7 @@ if not SCHEMA_DIR.is_dir():
 DOCUMENT_KINDS = ("hardware-profile", "model-profile", "cost-model", "plan", "run-report")
 # The version the tools write of each kind: the release whose fields they fill. A writer moves to a new minor
 # here, once, when it starts to fill the new field (schemas/README.md, "Versioning policy").
-CURRENT_VERSION = {"hardware-profile": "1.2", "model-profile": "1.1", "cost-model": "1.2", "plan": "1.0",
+CURRENT_VERSION = {"hardware-profile": "1.2", "model-profile": "1.2", "cost-model": "1.3", "plan": "1.1",
                    "run-report": "1.2"}
 ID_PREFIX = "urn:galvatron:schema:"
 MAX_MESSAGE = 240  # characters of one schema message (jsonschema quotes whole sub-documents)
@@ -291,6 +291,9 @@ def validate(doc: Any, source: str = "<document>", kind: str | Iterable[str] | N
         print(f"warning: {source}: {doc_kind} {raw_version} is newer than the newest known {major}.{newest}; "
               f"reading it as {major}.{newest} and ignoring unknown fields", file=sys.stderr)
         errors = schema_errors(doc, doc_kind, f"{major}.{newest}", relaxed=True)
+        if errors:      # e.g. a value a later minor added to an enum: say why this reader cannot take it
+            errors = [*errors, f"$.schema_version: {doc_kind} {raw_version} is newer than this reader's "
+                               f"{major}.{newest}; upgrade the tool to read it"]
     else:
         raise DocumentError(source, f"$.schema_version: {doc_kind} {raw_version} is not a released version "
                                     f"(known: {', '.join(f'{a}.{b}' for a, b in versions)})")

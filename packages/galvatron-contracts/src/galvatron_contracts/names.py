@@ -13,6 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+# A layer's data-parallel sharding, least to most sharded (schemas/README.md, "Data-parallel sharding"): ddp
+# replicates everything; zero1 shards the optimizer states (and fp32 master parameters); zero2 the gradients too;
+# zero3 the parameters as well.
+DP_SHARDINGS = ("ddp", "zero1", "zero2", "zero3")
+
 
 def layout_name(tp: int, tp_layout: str, sp: bool, dp: int) -> str:
     """tp{tp}[s][+sp] dp{dp}, e.g. 'tp1 dp8', 'tp2s+sp dp4'."""

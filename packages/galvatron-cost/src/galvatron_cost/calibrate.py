@@ -13,6 +13,8 @@ measured number is compared with the term of the cost model that predicts it, fo
                                   world, stage or tied: calls, bytes,    (comm.wire_factor of the bytes)
                                   time_s
     optimizer_step                components.optimizer_step_s            fixed_s + per_param_s * parameters updated
+                                                                         (the strategies' optimizer_step_s in
+                                                                         parameters at per_param_s)
     step_overhead_s               components.other_s + the report's      step_overhead_s
                                   least step_sync_s
 
@@ -33,7 +35,9 @@ pipeline degree, layout and sharding, at its own dp (fits.compute keeps the prof
 finer, per sp and recompute); a collective fit, its fits.collectives entry and every strategy communication number
 and layout change it enters, repriced by the Builder's own formulas (`_Repricer`: costmodel.Builder.pipeline over
 the document's fits) and shifted by the difference the refined fit makes; optimizer_step, its two numbers and
-every strategy's optimizer_step_s (per_param_s x grad_bytes / 4: gradients are fp32, one per parameter the rank
+every strategy's optimizer_step_s, scaled by the refined per_param_s over the document's (each strategy's
+optimizer_step_s carries its own per-tensor and DTensor costs, so its size is its time in parameters at
+per_param_s; where per_param_s was 0, per_param_s x grad_bytes / 4: gradients are fp32, one per parameter the rank
 updates); step_overhead_s itself.
 
 A measured collective's fit: the topology of its group on the rank's stage (tp or dp group of the layout of the
@@ -209,8 +213,11 @@ class _Repricer(Builder):
         self.used_coll: OrderedDict = OrderedDict()
         self.extrapolated_used = False
 
-    def compute(self, layer: str, tp: int) -> dict:
+    def compute(self, layer: str, tp: int, sp: bool = False) -> dict:
         return dict.fromkeys(PHASES, _ZERO)
+
+    def optimizer_seconds(self, *args, **kwargs) -> float:
+        return 0.0                               # optimizer numbers are refined by their own term, not repriced
 
     def split(self, layer: str, tp: int, recompute: bool) -> dict:
         return {"tp_divided": 0, "tp_replicated": 0}
@@ -319,6 +326,8 @@ class Calibration:
     def _index_strategies(self) -> None:
         self.compute_before: dict[tuple, tuple[float, float]] = {}
         self.params: dict[tuple, float] = {}
+        self.optim_in_seconds = any(s["time"].get("optimizer_step_s", 0.0) > 0
+                                    for pipe in self.cm["pipelines"] for s in pipe["strategies"])
         for pipe in self.cm["pipelines"]:
             layouts = {lay["id"]: lay for lay in pipe["layouts"]}
             for s in pipe["strategies"]:
@@ -330,7 +339,20 @@ class Calibration:
                 where = (pipe["pp"], s["layer"], lay["tp"], canonical_layout(lay["tp"], lay["tp_layout"],
                                                                              pipe["stage_ranks"]),
                          bool(lay["sp"]), lay["dp"], s["dp_sharding"], bool(s["recompute"]))
-                self.params[where] = s["memory"]["grad_bytes"] / 4
+                self.params[where] = self._optimizer_size(s)
+
+    def _optimizer_size(self, strategy: dict) -> float:
+        """The optimizer term's size of one strategy: its optimizer_step_s in seconds where the document prices
+        the step per layer (the term is then (fixed_s, a factor on every strategy's optimizer_step_s), which keeps
+        each strategy's own per-tensor and DTensor costs), else the parameters it updates (fp32 gradients, one
+        per parameter: the term is (fixed_s, per_param_s))."""
+        if self.optim_in_seconds:
+            return strategy["time"]["optimizer_step_s"]
+        return strategy["memory"]["grad_bytes"] / 4
+
+    def _optimizer_before(self) -> tuple[float, float]:
+        o = self.cm.get("optimizer_step", {"fixed_s": 0.0, "per_param_s": 0.0})
+        return o["fixed_s"], 1.0 if self.optim_in_seconds else o["per_param_s"]
 
     def term(self, key, name: str, before: tuple[float, float], constant: bool = False) -> Term:
         if key not in self.terms:
@@ -424,9 +446,7 @@ class Calibration:
         except (KeyError, TypeError):
             self.skipped["an optimizer step over layers the cost model has no strategy for"] += 1
             return
-        o = self.cm.get("optimizer_step", {"fixed_s": 0.0, "per_param_s": 0.0})
-        self.term("optimizer_step", "optimizer_step", (o["fixed_s"], o["per_param_s"])).add(
-            1, n, comps["optimizer_step_s"])
+        self.term("optimizer_step", "optimizer_step", self._optimizer_before()).add(1, n, comps["optimizer_step_s"])
 
     # --- applying ---
     def apply(self, doc: dict) -> None:
@@ -462,10 +482,17 @@ class Calibration:
         if t is None or not t.changed:
             return
         o = doc.setdefault("optimizer_step", {})
-        o.update(fixed_s=t.after[0], per_param_s=t.after[1], measured=True)      # by the runs, if not the probe
+        o.update(self._optimizer_numbers(t.after), measured=True)      # by the runs, if not the probe
         for pipe in doc["pipelines"]:
-            for s in pipe["strategies"]:
-                s["time"]["optimizer_step_s"] = float(t.after[1] * s["memory"]["grad_bytes"] / 4)
+            for s in pipe["strategies"]:    # its size (read before this write) at the refined number
+                s["time"]["optimizer_step_s"] = float(t.after[1] * self._optimizer_size(s))
+
+    def _optimizer_numbers(self, values: tuple[float, float]) -> dict:
+        """The document's optimizer_step numbers of the term's (fixed_s, factor or per_param_s)."""
+        a, b = values
+        if self.optim_in_seconds:
+            return {"fixed_s": a, "per_param_s": b * float(self.cm["optimizer_step"]["per_param_s"])}
+        return {"fixed_s": a, "per_param_s": b}
 
     def record(self) -> list[dict]:
         """calibration.terms: each term's numbers before and after, as the document names them."""
@@ -475,13 +502,12 @@ class Calibration:
                         "points": len(t.y), "note": t.how})
         return out
 
-    @staticmethod
-    def _numbers(key, values: tuple[float, float]) -> dict:
+    def _numbers(self, key, values: tuple[float, float]) -> dict:
         a, b = values
         if key == "step_overhead_s":
             return {"step_overhead_s": a}
         if key == "optimizer_step":
-            return {"fixed_s": a, "per_param_s": b}
+            return self._optimizer_numbers(values)
         if key[0] == "coll":
             return {"alpha_s": a, "bandwidth_gbps": 1.0 / (max(b, BETA_FLOOR) * 1e9)}
         return {"fixed_s": a, "per_rank_sample_s": b}

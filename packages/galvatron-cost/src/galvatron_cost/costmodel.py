@@ -28,7 +28,7 @@ import numpy as np
 
 from galvatron_contracts.documents import CURRENT_VERSION, DocumentError, UsageError, digest, producer
 from galvatron_contracts.limits import MAX_RANKS
-from galvatron_contracts.names import strategy_name
+from galvatron_contracts.names import DP_SHARDINGS, strategy_name
 from galvatron_contracts.pipeline import divisors
 from galvatron_contracts.plan import tp_errors
 from galvatron_contracts.ranks import stage_ranks
@@ -37,10 +37,19 @@ from . import __version__
 from .comm import OPS, CommModel, Topology, groups_topology, p2p_topology, wire_factor
 from .compute import PHASES, derive_tp, fill_unidentified, fit_layer_phases
 from .layouts import Layout, enumerate_layouts, gather_need, group_stride, local_groups, transition_topology
-from .memory import DTYPE_BYTES, activation_per_sample, derive_split, model_states, numel, param_shapes, sharded_numel
+from .memory import (
+    DTYPE_BYTES,
+    activation_per_sample,
+    backward_workspace,
+    derive_split,
+    model_states,
+    numel,
+    param_shapes,
+    sharded_numel,
+)
 
 LAYERS = ("decoder", "embedding", "head")
-SHARDINGS = ("ddp", "zero2", "zero3")
+SHARDINGS = DP_SHARDINGS
 ARCH_KEYS = ("family", "layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab_size", "max_seq_len",
              "tied_embeddings")
 HW, MP = "hardware-profile", "model-profile"
@@ -166,30 +175,72 @@ class Builder:
 
     # --- compute ----------------------------------------------------------------------------------------------
     def _compute_fits(self):
+        """Per layer kind and profiled TP degree, the phase fits of the profile's timings; and, where the profile
+        (model-profile 1.2) timed the degree with sequence parallelism too, those (``cfits_sp``): the runtime's
+        DTensor layer then redistributes a sequence-split activation, which costs per op what the plain one
+        does not."""
         self.cfits: dict[str, dict[int, dict]] = {}
+        self.cfits_sp: dict[str, dict[int, dict]] = {}
         for k in LAYERS:
             self.cfits[k] = {tp: fit_layer_phases(e) for tp, e in sorted(self.entries[k].items())}
             self.notes += fill_unidentified(self.entries[k], self.cfits[k], k)
+            sp = {tp: {**e, "timings": e["sequence_parallel_timings"]} for tp, e in self.entries[k].items()
+                  if tp > 1 and self._covers_seq(e.get("sequence_parallel_timings", []))}
+            self.cfits_sp[k] = {tp: fit_layer_phases(e) for tp, e in sorted(sp.items())}
+            self.notes += fill_unidentified(sp, self.cfits_sp[k], f"{k} (sequence parallel)")
 
-    def compute(self, layer: str, tp: int) -> dict:
+    def _covers_seq(self, timings: list) -> bool:
+        """Timings that give this sequence length: profiled at it, or at two lengths or more (extrapolated)."""
+        lens = {r["seq_len"] for r in timings}
+        return self.seq in lens or len(lens) >= 2
+
+    def compute(self, layer: str, tp: int, sp: bool = False) -> dict:
+        """The phase fits of ``layer`` at TP degree ``tp``; with ``sp``, the sequence-parallel timings' where the
+        profile has them at this degree (else the plain ones, as profiles before 1.2 give them)."""
+        if sp and tp in self.cfits_sp[layer]:
+            return self.cfits_sp[layer][tp]
         fits = self.cfits[layer]
         if tp not in fits:
             fits[tp] = derive_tp({t: f for t, f in fits.items() if not next(iter(f.values())).extrapolated}, tp)
         return fits[tp]
 
     def _optimizer_fit(self):
-        """fixed_s + per_param_s * parameters held: the profile's optimizer_step (0 and a note where absent)."""
+        """The optimizer step: the document's optimizer_step (the profile's plain fit, fixed_s paid once per step)
+        and per holding (``optimizer_seconds``) the seconds per tensor and per parameter a layer's optimizer
+        update costs. Holdings: "plain" (tp 1 ddp: plain tensors) and "dtensor" (tp > 1, or zero1 / zero2 /
+        zero3: FSDP2's shard), whose every op pays DTensor's dispatch. A 1.0 / 1.1 profile timed plain tensors only and
+        folded the per-tensor cost into per_param_s: that one number prices both holdings."""
         o = self.mp.get("optimizer_step")
         if o is None:
             self.optim = {"fixed_s": 0.0, "per_param_s": 0.0, "measured": False}
+            self.optim_terms = dict.fromkeys(("plain", "dtensor"), (0.0, 0.0))
             self.notes.append("the model profile has no optimizer_step (an older galvatron-probe); the optimizer "
                               "step is counted as 0 s")
             return
         self.optim = {"fixed_s": float(o["fixed_s"]), "per_param_s": float(o["per_param_s"]), "measured": True,
                       "optimizer": o["optimizer"]}
+        plain = (float(o.get("per_tensor_s", 0.0)), float(o["per_param_s"]))
+        dt = o.get("dtensor")
+        self.optim_terms = {"plain": plain,
+                            "dtensor": (float(dt["per_tensor_s"]), float(dt["per_param_s"])) if dt else plain}
+        if dt is None:
+            self.notes.append("the model profile timed the optimizer over plain tensors only; layers held as "
+                              "DTensors (tp > 1, or sharded by FSDP2) are priced as plain ones")
         if o["optimizer"] != self.optimizer:
             self.notes.append(f"optimizer step timed for {o['optimizer']} but {self.optimizer} training was asked; "
                               f"the {o['optimizer']} time is used")
+
+    def optimizer_seconds(self, layer: str, pp: int, shapes: list, params: int, dtensor: bool) -> float:
+        """A layer's part of the optimizer step: per_tensor_s * tensors + per_param_s * params of its holding.
+        Tensors: the profile's param_tensors of the layer (galvatron_models' modules; with a tied table split over
+        stages the head also holds its copy), else one per reference shape in ``shapes``."""
+        per_tensor, per_param = self.optim_terms["dtensor" if dtensor else "plain"]
+        counts = [e["param_tensors"] for e in self.entries[layer].values() if "param_tensors" in e]
+        if counts:
+            tensors = counts[0] + (layer == "head" and self.spec["tied_embeddings"] and pp > 1)
+        else:
+            tensors = len(shapes)
+        return per_tensor * tensors + per_param * params
 
     # --- memory inputs ----------------------------------------------------------------------------------------
     def split(self, layer: str, tp: int, recompute: bool) -> dict:
@@ -347,7 +398,7 @@ class Builder:
         self.extrapolated_used = False
         rc_asked, rc = rc, rc and layer == "decoder"
         t, d, sp, s, h, e = lay.tp, lay.dp, lay.sp, self.seq, self.spec["hidden"], self.e
-        fits = self.compute(layer, t)
+        fits = self.compute(layer, t, sp)
         fwd = fits["forward"].lin(s, d)
         bwd = fits["backward_recompute" if rc else "backward"].lin(s, d)
         # tensor/sequence-parallel communication over the tp group
@@ -394,6 +445,8 @@ class Builder:
         if d > 1:
             if sharding == "ddp":
                 sync = dpop("all_reduce", 4 * P)
+            elif sharding == "zero1":      # once per iteration: the accumulated gradients, the updated parameters
+                sync = dpop("reduce_scatter", 4 * P_d * d) + dpop("all_gather", e * P_d * d)
             else:
                 reduce_mb = dpop("reduce_scatter", 4 * P_d * d)
                 gather_f = dpop("all_gather", e * P_d * d)
@@ -402,7 +455,8 @@ class Builder:
         if tied and pp > 1 and layer != "decoder":     # the tied table's one all-reduce; both ends wait for it
             sync += self.tied_sum(pp, numel(div) if sharding == "ddp" else sharded_numel(div, d), where)
         states = model_states(P, P_d, sharding, self.dtype, self.optimizer, self.hw["cluster"]["backend"])
-        optim_s = self.optim["per_param_s"] * (P if sharding == "ddp" else P_d)   # parameters this rank updates
+        optim_s = self.optimizer_seconds(layer, pp, tensors, P if sharding == "ddp" else P_d,   # what it updates
+                                         dtensor=t > 1 or sharding != "ddp")
         full = self.split(layer, t, False)
         gathered = GATHERED_INPUTS[layer] * s * h * e       # saved whole under sp (see memory.py)
         act = activation_per_sample(self.split(layer, t, True), t, sp, d) if rc else \
@@ -423,7 +477,9 @@ class Builder:
             "memory": {"param_bytes": int(states["param_bytes"]), "grad_bytes": int(states["grad_bytes"]),
                        "optimizer_bytes": int(states["optimizer_bytes"]),
                        "activation": {"fixed_bytes": 0, "per_sample_bytes": float(act)},
-                       "workspace": {"fixed_bytes": int(states["workspace_bytes"]), "per_sample_bytes": float(ws)}},
+                       "workspace": {"fixed_bytes": int(backward_workspace(P, P_d, sharding, self.dtype,
+                                                                       self.hw["cluster"]["backend"])),
+                                     "per_sample_bytes": float(ws)}},
         }
 
     def tied_sum(self, pp: int, n: int, where: str) -> float:

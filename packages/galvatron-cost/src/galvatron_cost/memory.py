@@ -6,13 +6,19 @@ ceil(dim0 / d) * (numel / dim0): FSDP2 shards every tensor on dim 0 and pads dim
 AdamW holds 2 fp32 states per parameter (8 B), SGD with momentum (galvatron-run's) one (4 B). Gradients are
 reduced in fp32.
 
-    sharding  param_bytes              grad_bytes   optimizer_bytes   workspace (transient, fixed part)
+    sharding  param_bytes              grad_bytes   optimizer_bytes   workspace (transient, fixed part: the larger
+                                                                      of two backward phases, `backward_phases`)
     ddp       4P (bf16: + 2P autocast  4P           8P                e*P fresh grads (bf16: + 4P fp32 cast of
               copies, the whole step)                                 the grads)
-    zero2     4P_d + e*P (unsharded,   4P_d         8P_d              e*P fresh grads + 4P reduce-scatter input
-              kept fwd -> bwd)                                        (+ 4P its copy on gloo)
-    zero3     4P_d                     4P_d         8P_d              2 e*P gathered params (this layer's and the
-                                                                      next one's, prefetched) + the zero2 terms
+    zero1     4P_d + e*P (unsharded,   4P (whole,   8P_d              the zero2 terms
+              kept the whole step)     accumulated)
+    zero2     4P_d + e*P (unsharded,   4P_d         8P_d              max(compute: e*P fresh grads + 4P kept
+              kept fwd -> bwd)                                        reduce-scatter input of the unit above;
+                                                                      reduce: 4P input (+ 4P gloo's copy) + 4P_d)
+    zero3     4P_d                     4P_d         8P_d              max(compute: 2 e*P gathered (this layer's,
+                                                                      the next one's prefetched) + the zero2
+                                                                      compute terms; reduce: e*P prefetched +
+                                                                      the zero2 reduce terms)
 
 ddp layers are plain modules whose fp32 weights autocast casts to bf16 in bf16 mode; the runtime runs a step's
 micro-batches in one autocast region, so the cast copies stay cached for the whole step (an exact per-layer
@@ -20,6 +26,13 @@ term, not a transient). FSDP2 units hold the sharded fp32 master and gather into
 dtype (zero2 keeps it from forward to backward, zero3 frees it after each and, in backward, gathers the next layer
 while this one runs: FSDP2's implicit backward prefetch). Each unit's backward ends in a reduce-scatter whose fp32
 input FSDP2 copies the fresh gradients into; gloo's reduce-scatter clones that input once more (NCCL does not).
+The two phases of a unit's backward hold different buffers and never overlap (measured here: 2 gloo ranks,
+llama-512 zero3 + recompute, every buffer live at the peak named by the op that made it).
+zero1 is the same FSDP2 unit driven once per step (galvatron-run's DeferredReduction): gathered at the first
+forward and kept unsharded through every micro-batch, its gradients accumulated whole in fp32 (the reduce dtype)
+until the last micro-batch's backward reduce-scatters them into the 4P_d shard. The whole gradients are counted, as
+ddp's are: they live from the first micro-batch's backward to the last one's, beside the activations of the
+micro-batches in flight (with one micro-batch they never coexist, and zero1 holds what zero2 does).
 With d == 1 the sharded variants equal ddp and are not emitted.
 
 Activations (per sample per rank, from the model-profile's measured split at that TP degree):
@@ -90,6 +103,9 @@ def model_states(P: int, P_d: int, sharding: str, dtype: str, optimizer: str,
         return {"param_bytes": 4 * P + (e * P if bf16 else 0), "grad_bytes": 4 * P, "optimizer_bytes": states * P,
                 "workspace_bytes": fresh_grads}
     reduce_input = 4 * P * (2 if backend == "gloo" else 1)     # the fp32 reduce-scatter input (and gloo's copy)
+    if sharding == "zero1":
+        return {"param_bytes": 4 * P_d + e * P, "grad_bytes": 4 * P, "optimizer_bytes": states * P_d,
+                "workspace_bytes": fresh_grads + reduce_input}
     if sharding == "zero2":
         return {"param_bytes": 4 * P_d + e * P, "grad_bytes": 4 * P_d, "optimizer_bytes": states * P_d,
                 "workspace_bytes": fresh_grads + reduce_input}
@@ -97,6 +113,43 @@ def model_states(P: int, P_d: int, sharding: str, dtype: str, optimizer: str,
         return {"param_bytes": 4 * P_d, "grad_bytes": 4 * P_d, "optimizer_bytes": states * P_d,
                 "workspace_bytes": 2 * e * P + fresh_grads + reduce_input}
     raise ValueError(sharding)
+
+
+def backward_phases(P: int, P_d: int, sharding: str, dtype: str, backend: str = "nccl") -> dict[str, int]:
+    """Transient bytes of one layer on one rank in each phase of its backward, beside the persistent states.
+
+    FSDP2 (torch 2.13, ``FSDPParamGroup.post_backward`` and ``foreach_reduce``) runs a unit's backward in two
+    phases that never overlap, so the workspace is the larger of them, not their sum:
+
+    - compute: the unit's gathered parameters (zero3; zero2/zero1 keep theirs in param_bytes) and the next unit's,
+      prefetched while this one runs (zero3); the reduce-scatter input of the unit above, which FSDP2 keeps until
+      this unit's post-backward (one buffer in flight, ``reduce_scatter_max_input_buffers``); the fresh unsharded
+      gradients in the compute dtype (FSDP2's unsharded parameter is in param_dtype, so is its gradient).
+    - reduce: post-backward reshards this unit and drops the kept buffer first, then copies the fresh gradients
+      into a new fp32 reduce-scatter input and frees them; the reduce-scatter writes a new fp32 shard (accumulated
+      into the sharded gradient from the second micro-batch on), and gloo clones its input for the collective.
+
+    The neighbours' buffers (the prefetched unit, the kept input) are counted at this layer's size: exact between
+    alike units, the layers of one kind; the stage's workspace is the largest layer's. The per-sample workspace
+    (a recomputed forward) lives in the compute phase; the cost model adds it to the larger phase, an upper bound
+    where the reduce phase is the larger. ddp layers (not FSDP) hold their fresh gradients (and, in bf16, their
+    fp32 cast) while autograd accumulates them."""
+    e = DTYPE_BYTES[dtype]
+    if sharding == "ddp":
+        return {"compute": e * P + (4 * P if dtype != "fp32" else 0)}
+    if sharding not in ("zero1", "zero2", "zero3"):
+        raise ValueError(sharding)
+    gathered = 2 * e * P if sharding == "zero3" else 0          # this unit's and the prefetched next unit's
+    prefetched = e * P if sharding == "zero3" else 0
+    reduce_input = 4 * P
+    gloo_copy = reduce_input if backend == "gloo" else 0
+    return {"compute": gathered + reduce_input + e * P,
+            "reduce": prefetched + reduce_input + gloo_copy + 4 * P_d}
+
+
+def backward_workspace(P: int, P_d: int, sharding: str, dtype: str, backend: str = "nccl") -> int:
+    """The fixed workspace of one layer on one rank: its largest backward phase (``backward_phases``)."""
+    return max(backward_phases(P, P_d, sharding, dtype, backend).values())
 
 
 def activation_per_sample(split: dict, tp: int, sp: bool, dp: int, gathered: float = 0.0) -> float:

@@ -30,7 +30,7 @@ from galvatron_contracts.names import plan_summary
 from galvatron_contracts.options import Finite
 
 from . import __version__, show
-from .costs import CostTables
+from .costs import SHARDINGS, CostTables
 from .document import baselines, plan_document
 from .evaluate import evaluate_spec, plan_spec, predictions
 from .explain import explain as explain_text
@@ -84,7 +84,7 @@ def main():
 @click.option("--max-pp", type=click.IntRange(1, MAX_RANKS), help="Largest pipeline degree.")
 @click.option("--no-recompute", is_flag=True, help="Never recompute activations.")
 @click.option("--dp-only", is_flag=True, help="Data parallel only (tp 1), pipeline still searched unless --max-pp 1.")
-@click.option("--sharding", "shardings", multiple=True, type=click.Choice(["ddp", "zero2", "zero3"]),
+@click.option("--sharding", "shardings", multiple=True, type=click.Choice(SHARDINGS),
               help="Allowed data-parallel shardings (repeatable; default all).")
 @click.option("--uniform", is_flag=True, help="One strategy for every layer, layers split evenly (Megatron-style).")
 @click.option("--schedule", "schedule", type=click.Choice(["1f1b", "gpipe"]), help="Fix the schedule (default: both).")
@@ -124,7 +124,7 @@ def search_cmd(cost_model, memory, global_batch, min_global_batch, max_global_ba
     opts = Options(memory_bytes=memory * 2 ** 30, global_batch=global_batch, min_global_batch=min_global_batch,
                    max_global_batch=max_global_batch, max_tp=max_tp, max_pp=max_pp, recompute=not no_recompute,
                    dp_only=dp_only, uniform=uniform, buckets=buckets, memory_margin=memory_margin,
-                   shardings=tuple(shardings) or ("ddp", "zero2", "zero3"),
+                   shardings=tuple(shardings) or SHARDINGS,
                    schedules=(schedule,) if schedule else ("1f1b", "gpipe"))
     result, _ = run_search(tables, opts)
     require(result, tables, opts)

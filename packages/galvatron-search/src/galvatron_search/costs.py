@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from galvatron_contracts.names import DP_SHARDINGS
 from galvatron_contracts.ranks import canonical_layout
 
-SHARDINGS = ("ddp", "zero2", "zero3")
+SHARDINGS = DP_SHARDINGS
 KINDS = ("embedding", "decoder", "head")
 
 
@@ -54,7 +55,7 @@ class KindTable:
     gather_fwd: np.ndarray      # (n,) seconds per micro-batch
     gather_bwd: np.ndarray
     reduce_mb: np.ndarray
-    sync: np.ndarray            # per iteration
+    sync: np.ndarray            # per iteration (ddp's all-reduce; zero1's reduce-scatter + all-gather)
     opt: np.ndarray             # per iteration: optimizer step on the parameters the layer's rank holds
     params: np.ndarray          # bytes
     grads: np.ndarray
@@ -200,7 +201,8 @@ class LayerCosts:
 
 def layer_costs(k: KindTable, b: float, cs: float, ks: float) -> LayerCosts:
     """Compose one layer's numbers: zero3 gathers overlap its compute, gradient reduce-scatter overlaps its
-    backward, and the once-per-iteration ddp all-reduce overlaps its backward of the last micro-batch."""
+    backward, and the once-per-iteration synchronisation (ddp's all-reduce; zero1's reduce-scatter and the gather
+    of the updated parameters) overlaps its backward of the last micro-batch."""
     F, B = lin(k.fwd, b), lin(k.bwd, b)
     fc, bc = lin(k.fwd_comm, b), lin(k.bwd_comm, b)
     f_ov = overlap(F, k.gather_fwd, cs, ks)

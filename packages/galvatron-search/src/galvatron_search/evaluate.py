@@ -8,7 +8,8 @@ Composition, for pp stages, micro-batch size b, m micro-batches (K = m + pp - 1)
     t_i   = sum over the stage's layers of forward + backward per micro-batch (compute, tp/sp communication,
             zero3 gathers and gradient reduce-scatter overlapped with compute, layout changes into each layer)
             + p2p: the activation sent to stage i+1 and the gradient sent back to stage i-1
-    x_i   = the stage's once-per-iteration gradient all-reduce (ddp) not hidden by its last backward
+    x_i   = the stage's once-per-iteration gradient synchronisation (ddp's all-reduce; zero1's reduce-scatter and
+            parameter all-gather) not hidden by its last backward
     o_i   = the optimizer step after it: the cost model's optimizer_step.fixed_s + the stage's layers'
             optimizer_step_s (per parameter held; 0 in documents without them)
     s     = the cost model's step_overhead_s: the runtime's per-step synchronisation (and, calibrated, the rest
