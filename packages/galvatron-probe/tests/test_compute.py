@@ -125,26 +125,36 @@ def test_a_repeat_counts_from_the_common_start_to_the_slowest_finish():
 
 
 def test_optimizer_step_is_measured_and_fitted(llama_profile):
-    from galvatron_probe.optimizer import fit_line, tensor_sizes
+    from galvatron_probe.optimizer import SMALL, fit_step, tensor_sizes
 
     o = llama_profile["optimizer_step"]
     assert (o["optimizer"], o["clip_grad_norm"]) == ("adamw", True)
     decoder = next(e for e in llama_profile["layers"] if e["layer"] == "decoder" and e["tp"] == 1)
-    counts = [p["param_count"] for p in o["points"]]
-    assert counts == [k * decoder["param_count"] for k in (1, 2, 4)]      # k copies of one tp-1 decoder's tensors
-    assert [p["tensors"] for p in o["points"]] == [k * len(tensor_sizes(llama_profile["model"])) for k in (1, 2, 4)]
-    for p in o["points"]:
-        assert p["time"]["repeats"] == 5 and 0 < p["time"]["min_s"] <= p["time"]["median_s"]
-    assert (o["fixed_s"], o["per_param_s"]) == fit_line(counts, [p["time"]["median_s"] for p in o["points"]])
-    assert o["fixed_s"] + o["per_param_s"] * counts[-1] > 0
+    n = len(tensor_sizes(llama_profile["model"]))
+    for holding in ("plain", "dtensor"):
+        points = [p for p in o["points"] if p["holding"] == holding]
+        # k copies of one tp-1 decoder's tensors, then as many tensors of SMALL elements
+        assert [p["param_count"] for p in points] == [k * decoder["param_count"] for k in (1, 2, 4)] + \
+            [k * n * SMALL for k in (1, 2, 4)]
+        assert [p["tensors"] for p in points] == [k * n for k in (1, 2, 4)] * 2
+        for p in points:
+            assert p["time"]["repeats"] == 5 and 0 < p["time"]["min_s"] <= p["time"]["median_s"]
+        fit = fit_step(points)
+        got = o if holding == "plain" else o["dtensor"]
+        assert {k: got[k] for k in fit} == fit
+        assert fit["fixed_s"] + fit["per_tensor_s"] * 4 * n + fit["per_param_s"] * points[2]["param_count"] > 0
 
 
-def test_fit_line_is_least_squares_clamped_at_zero():
-    from galvatron_probe.optimizer import fit_line
-
-    assert fit_line([1, 2, 4], [3, 5, 9]) == pytest.approx((1.0, 2.0))
-    assert fit_line([1, 2, 4], [1, 3, 7]) == (0.0, pytest.approx(35 / 21))   # negative intercept: through 0
-    assert fit_line([1, 2, 4], [5, 4, 3]) == (4.0, 0.0)                     # falling: the mean, no slope
+def test_tp_timings_come_from_the_wrapped_module_with_and_without_sp(llama_profile):
+    """Degree-2 layers carry sequence-parallel timings at every profiled point; degree 1 none (no tp, no sp)."""
+    for e in llama_profile["layers"]:
+        if e["tp"] == 1:
+            assert "sequence_parallel_timings" not in e
+            continue
+        sp = e["sequence_parallel_timings"]
+        assert [(x["seq_len"], x["micro_batch_size"]) for x in sp] == \
+            [(x["seq_len"], x["micro_batch_size"]) for x in e["timings"]]
+        assert all(x[k]["repeats"] == 5 for x in sp for k in ("forward", "backward", "backward_recompute"))
 
 
 def test_shrunk_tensor_sizes_keep_their_proportions():

@@ -20,3 +20,16 @@ def test_a_timed_length_without_memory_rows_is_shown_as_unmeasured():
     rows = [line for line in text.splitlines() if line.startswith(first["layer"])]
     assert rows and all(" - " in line for line in rows)
     assert len(text.splitlines()) == len(whole.splitlines())      # the same rows, the bytes left out
+
+
+def test_sequence_parallel_timings_and_optimizer_fits_get_their_rows():
+    doc = json.loads(TINY.read_text())
+    entry = max(doc["layers"], key=lambda e: e["tp"])
+    entry["sequence_parallel_timings"] = copy.deepcopy(entry["timings"])
+    doc["optimizer_step"] = {"optimizer": "adamw", "fixed_s": 1e-3, "per_param_s": 2e-9, "per_tensor_s": 3e-5,
+                             "dtensor": {"fixed_s": 0.0, "per_tensor_s": 4e-4, "per_param_s": 2e-9}, "points": []}
+    text = model_summary(doc)
+    sp_rows = [line for line in text.splitlines() if line.startswith(entry["layer"] + "+sp ")]
+    assert len(sp_rows) == len([t for t in entry["timings"]
+                                if t["micro_batch_size"] == max(doc["settings"]["micro_batch_sizes"])])
+    assert "plain tensors: 1.000 ms + 30.0 us/tensor" in text and "DTensor tensors: 0.000 ms + 400.0 us" in text

@@ -3,13 +3,19 @@
     galvatron-probe compute --model tiny-gpt --quick
     galvatron-probe compute --model path/to/config.json --tp 1,2,4 --micro-batch-sizes 1,2,4 --nproc 4
 
-For each layer kind (decoder, embedding, head) and TP degree t, galvatron_models' own module, built as one rank's
-degree-t shard (layers.py), is timed for every (sequence length, micro-batch size): forward, backward, and backward
-under full recompute (``Block.recompute``, the recomputed forward included; the embedding and the head are never
-recomputed, so theirs is a second plain backward). Every launched rank measures at once; each repeat starts at a
-barrier and counts to the slowest rank's finish from that common start (ranks sharing cores run in turns, as in a
-training step). The optimizer step (optimizer.py: AdamW + gradient clipping, all ranks at once) is fitted against
-parameters per rank. Memory (memory.py) is exact and per sample; parameters are read off the modules.
+For each layer kind (decoder, embedding, head) and TP degree t, galvatron_models' own module, as galvatron-run runs
+it, is timed for every (sequence length, micro-batch size): at t = 1 the plain module; at t > 1 the module sharded
+by the runtime's own ``parallelize_module`` plan into DTensors (wrapped.py: rank 0 of a fake tp group, in a child
+process, so DTensor's per-op overhead is in the numbers and the collectives, which the bandwidth probe measures,
+are not), without sequence parallelism (``timings``) and, where t divides the sequence, with it
+(``sequence_parallel_timings``: the activation between layers split along the sequence). Each is timed forward,
+backward, and backward under full recompute (``Block.recompute``, the recomputed forward included; the embedding
+and the head are never recomputed, so theirs is a second plain backward). Every launched rank measures at once;
+each repeat starts at a barrier and counts to the slowest rank's finish from that common start (ranks sharing
+cores run in turns, as in a training step). The optimizer step (optimizer.py: AdamW + gradient clipping, all
+ranks at once) is fitted against tensors and parameters per rank, held as plain tensors and as DTensors. Memory
+(memory.py) is exact and per sample, counted on the plain degree-t shard (layers.py; the runtime's DTensor module
+saves the same tensors, tests/test_wrapped.py); parameters and their tensors are read off the modules.
 """
 from __future__ import annotations
 
@@ -93,29 +99,25 @@ def resolve(opts: ComputeOptions, cuda: bool) -> ComputePlan:
 
 
 def time_layer(module, args, grad, timer, warmup: int, repeats: int) -> dict:
-    """Forward, backward and recompute-backward times of one shard on one micro-batch: per repeat, from the barrier
-    all ranks leave together to the slowest rank's finish (``Timer.stamp``)."""
-    from .layers import set_recompute
+    """Forward, backward and recompute-backward times of one module (in this process) on one micro-batch."""
+    from .wrapped import LayerRunner
 
+    return time_runner(LayerRunner(module, args, grad, timer), timer, warmup, repeats)
+
+
+def time_runner(runner, timer, warmup: int, repeats: int) -> dict:
+    """Forward, backward and recompute-backward times of ``runner`` (a wrapped.LayerRunner, or the child's handle
+    on one): per repeat, from the barrier all ranks leave together to the slowest rank's finish (``Timer.spans``
+    of the runner's stamps)."""
     fwd, bwd, rec = [], [], []
-    out = []
-
-    def forward():
-        out.append(module(*args))
-
-    def backward():
-        out.pop().backward(grad)
-
     for i in range(warmup + repeats):
         timer.barrier()
-        tf = timer.stamp(forward)
+        tf = runner.stamp("forward")
         timer.barrier()
-        tb = timer.stamp(backward)
-        set_recompute(module, True)
-        forward()
+        tb = runner.stamp("backward")
+        runner.forward(True)
         timer.barrier()
-        tr = timer.stamp(backward)
-        set_recompute(module, False)
+        tr = runner.stamp("backward")
         if i >= warmup:
             fwd.append(tf), bwd.append(tb), rec.append(tr)
     n = len(fwd)
@@ -124,30 +126,61 @@ def time_layer(module, args, grad, timer, warmup: int, repeats: int) -> dict:
             "backward_recompute": timing_stats(slow[2 * n:])}
 
 
+def time_points(plan: ComputePlan, layer: str, t: int, s: int, sp: bool, timer, child, device, dtype):
+    """(micro-batch size, times) of ``layer`` at degree t and sequence length s, for every micro-batch size: at
+    t = 1 galvatron_models' plain module in this process (the runtime wraps a tp-1 layer in no DTensor), at t > 1
+    the module as the runtime shards it (wrapped.py), in ``child``, with sequence parallelism when ``sp``."""
+    import torch
+
+    from .layers import build_shard, make_inputs
+
+    if t == 1:
+        torch.manual_seed(0)
+        module = build_shard(plan.spec, layer, t, dtype=dtype, device=device)
+        for b in plan.micro_batch_sizes:
+            args, grad = make_inputs(plan.spec, layer, b, s, dtype=dtype, device=device)
+            with timer.named(f"timing {layer} (tp 1, seq {s}, micro-batch {b})"):
+                times = time_layer(module, args, grad, timer, plan.warmup, plan.repeats)
+            yield b, times
+        return
+    child.build(plan.spec, layer, t, sp, plan.dtype)
+    for b in plan.micro_batch_sizes:
+        what = f"{layer} (tp {t}{', sp' if sp else ''}, seq {s}, micro-batch {b})"
+        child.inputs(b, s)
+        with timer.named(f"timing {what}"):
+            times = time_runner(child, timer, plan.warmup, plan.repeats)
+        child.check(what)
+        yield b, times
+
+
 def compute_worker(opts: ComputeOptions) -> dict | None:
     """One rank's whole probe; rank 0 (or the only process) returns the model-profile document."""
     import torch
 
     from .bandwidth import Timer, device_info
     from .launch import close_distributed, init_distributed, set_threads
-    from .layers import build_shard, make_inputs, param_split
+    from .layers import param_split, param_tensor_count
     from .memory import saved_bytes_per_sample, workspace_bytes_per_sample
     from .optimizer import time_optimizer_step
+    from .wrapped import WrappedChild
 
     t_start = time.perf_counter()
     d = init_distributed(None, opts.timeout_s)
+    child = None
     try:
         threads = set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))
         plan = resolve(opts, d.device.type == "cuda")
         dtype = torch.float32 if plan.dtype == "fp32" else torch.bfloat16
         timer = Timer(d.device, opts.timeout_s, distributed=d.world > 1, shared_clock=d.ranks_per_node == d.world)
-        steps = len(plan.layers) * len(plan.tp_degrees) * len(plan.seq_lens) * (len(plan.micro_batch_sizes) + 1) + 1
+        child = WrappedChild(d.device, threads, timer.shared_clock, opts.timeout_s)
+        steps = sum(1 + len(plan.micro_batch_sizes) * (1 + (t > 1 and s % t == 0))
+                    for _ in plan.layers for t in plan.tp_degrees for s in plan.seq_lens) + 1
         progress = Progress(steps, "compute", enabled=opts.progress and d.is_main)
         entries = []
         for layer in plan.layers:
             for t in plan.tp_degrees:
                 total, replicated = param_split(plan.spec, layer, t)
-                memory, timings = [], []
+                memory, timings, sp_timings = [], [], []
                 for s in plan.seq_lens:
                     saved = [saved_bytes_per_sample(plan.spec, layer, t, s, rc, dtype, d.device) for rc in (0, 1)]
                     memory.append({"seq_len": s, "saved_bytes_per_sample": saved[0],
@@ -156,22 +189,24 @@ def compute_worker(opts: ComputeOptions) -> dict | None:
                     if workspace is not None:  # CUDA only: the CPU allocator keeps no peak
                         memory[-1]["workspace_bytes_per_sample"] = workspace
                     progress.step(f"{layer} tp={t} seq={s} memory")
-                    torch.manual_seed(0)
-                    module = build_shard(plan.spec, layer, t, dtype=dtype, device=d.device)
-                    for b in plan.micro_batch_sizes:
-                        args, grad = make_inputs(plan.spec, layer, b, s, dtype=dtype, device=d.device)
-                        with timer.named(f"timing {layer} (tp {t}, seq {s}, micro-batch {b})"):
-                            times = time_layer(module, args, grad, timer, plan.warmup, plan.repeats)
-                        timings.append({"seq_len": s, "micro_batch_size": b, **times})
-                        progress.step(f"{layer} tp={t} seq={s} b={b}")
-                    del module
-                entries.append({"layer": layer, "tp": t, "param_count": total, "param_count_tp_replicated": replicated,
-                                "memory": memory, "timings": timings})
+                    for sp in (False, True) if t > 1 and s % t == 0 else (False,):
+                        out = sp_timings if sp else timings
+                        for b, times in time_points(plan, layer, t, s, sp, timer, child, d.device, dtype):
+                            out.append({"seq_len": s, "micro_batch_size": b, **times})
+                            progress.step(f"{layer} tp={t}{' sp' if sp else ''} seq={s} b={b}")
+                entry = {"layer": layer, "tp": t, "param_count": total,
+                         "param_tensors": param_tensor_count(plan.spec, layer),
+                         "param_count_tp_replicated": replicated, "memory": memory, "timings": timings}
+                if sp_timings:
+                    entry["sequence_parallel_timings"] = sp_timings
+                entries.append(entry)
         with timer.named("timing the optimizer step"):
-            optimizer_step = time_optimizer_step(plan.spec, timer, d.device, plan.warmup, plan.repeats)
+            optimizer_step = time_optimizer_step(plan.spec, timer, d.device, plan.warmup, plan.repeats, child)
         progress.step("optimizer step")
         timer.barrier()
     finally:
+        if child is not None:
+            child.close()
         close_distributed()
     if not d.is_main:
         return None

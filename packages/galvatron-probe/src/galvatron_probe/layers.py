@@ -1,5 +1,7 @@
-"""What the probe times: galvatron_models' own Block, Embedding and Head, one tensor-parallel shard each, with the
-inputs of one micro-batch.
+"""What the probe counts (and times at t = 1): galvatron_models' own Block, Embedding and Head, one tensor-parallel
+shard each, as plain modules, with the inputs of one micro-batch. The saved bytes (memory.py) and parameter counts
+are read off these; a degree t > 1 is timed on the module as the runtime shards it into DTensors (wrapped.py),
+which saves the same tensors.
 
 A shard of degree t is built with ``tp=t`` (the local shapes DTensor gives galvatron-run's sharded module) and run
 as rank 0 of a tp-t group runs it, vocabulary rows [0, V/t), without the collectives (the bandwidth probe measures
@@ -121,3 +123,10 @@ def param_split(spec: dict, layer: str, t: int) -> tuple[int, int]:
     total = sum(p.numel() for p in base.values())
     replicated = sum(p.numel() for n, p in base.items() if wide[n].numel() == p.numel())
     return total, replicated
+
+
+def param_tensor_count(spec: dict, layer: str) -> int:
+    """Parameter tensors of one shard of ``layer`` (any degree: TP splits tensors, it adds none), counted as
+    ``param_split`` counts parameters (a tied head without the table it shares)."""
+    names = [n for n, _ in build_shard(spec, layer, 1, device="meta").named_parameters()]
+    return len([n for n in names if not (layer == "head" and spec["tied_embeddings"] and n == "head.out.weight")])

@@ -45,27 +45,39 @@ def model_summary(doc: dict) -> str:
     lines = [f"model-profile: {m['name']} ({m['family']}, h {m['hidden']}, {m['heads']} heads, {m['kv_heads']} kv), "
              f"{s['dtype']}, {s['concurrent_ranks']} rank(s) at once, {s['threads_per_rank']} thread(s) each, "
              f"{s['device']['name']}" + (f", probe took {s['elapsed_s']:.1f} s" if "elapsed_s" in s else "")]
-    header = f"{'layer':<10}{'tp':>3}{'params':>11}{'repl.':>8}{'seq':>6}{'saved B/sample div+repl':>25}" \
+    header = f"{'layer':<12}{'tp':>3}{'params':>11}{'repl.':>8}{'seq':>6}{'saved B/sample div+repl':>25}" \
              f"{'recompute':>11}{'b':>4}{'fwd ms':>9}{'bwd ms':>9}{'bwd+rc ms':>11}"
     lines += ["", header, "-" * len(header)]
-    for e in doc["layers"]:
-        mem = {x["seq_len"]: x for x in e["memory"]}
-        for t in e["timings"]:
-            if t["micro_batch_size"] != max(s["micro_batch_sizes"]):
-                continue
-            row = mem.get(t["seq_len"])     # a profile may time lengths whose bytes it did not measure
-            if row is None:
-                saved, recompute = f"{'-':>13} {'':<11}", f"{'-':>11}"
-            else:
-                sb, rb = row["saved_bytes_per_sample"], row["recompute_saved_bytes_per_sample"]
-                saved = f"{sb['tp_divided']:>13}+{sb['tp_replicated']:<11}"
-                recompute = f"{rb['tp_divided'] + rb['tp_replicated']:>11}"
-            lines.append(f"{e['layer']:<10}{e['tp']:>3}{e['param_count']:>11}{e['param_count_tp_replicated']:>8}"
-                         f"{t['seq_len']:>6}{saved}{recompute}{t['micro_batch_size']:>4}"
-                         f"{_ms(t['forward']['median_s']):>9}{_ms(t['backward']['median_s']):>9}"
-                         f"{_ms(t['backward_recompute']['median_s']):>11}")
-    lines.append("(times: median of the slowest rank at the largest micro-batch size)")
+    rows = [(e, e["layer"], t) for e in doc["layers"] for t in e["timings"]]
+    rows += [(e, e["layer"] + "+sp", t) for e in doc["layers"] for t in e.get("sequence_parallel_timings", [])]
+    for e, label, t in rows:
+        if t["micro_batch_size"] != max(s["micro_batch_sizes"]):
+            continue
+        row = {x["seq_len"]: x for x in e["memory"]}.get(t["seq_len"])   # lengths may be timed, bytes not
+        if row is None:
+            saved, recompute = f"{'-':>13} {'':<11}", f"{'-':>11}"
+        else:
+            sb, rb = row["saved_bytes_per_sample"], row["recompute_saved_bytes_per_sample"]
+            saved = f"{sb['tp_divided']:>13}+{sb['tp_replicated']:<11}"
+            recompute = f"{rb['tp_divided'] + rb['tp_replicated']:>11}"
+        lines.append(f"{label:<12}{e['tp']:>3}{e['param_count']:>11}{e['param_count_tp_replicated']:>8}"
+                     f"{t['seq_len']:>6}{saved}{recompute}{t['micro_batch_size']:>4}"
+                     f"{_ms(t['forward']['median_s']):>9}{_ms(t['backward']['median_s']):>9}"
+                     f"{_ms(t['backward_recompute']['median_s']):>11}")
+    lines.append("(times: median of the slowest rank at the largest micro-batch size; tp > 1 timed as the runtime "
+                 "runs it, in DTensors; +sp: with sequence parallelism, beside the plain shard's bytes)")
+    lines += optimizer_lines(doc.get("optimizer_step"))
     return "\n".join(lines)
+
+
+def optimizer_lines(o: dict | None) -> list[str]:
+    """The optimizer step's fits, one line per holding (none for a profile without them)."""
+    if o is None:
+        return []
+    fits = [("plain", o)] + ([("DTensor", o["dtensor"])] if "dtensor" in o else [])
+    return [f"optimizer step ({o['optimizer']}), {name} tensors: {_ms(f['fixed_s'])} ms + "
+            f"{f.get('per_tensor_s', 0.0) * 1e6:.1f} us/tensor + {f['per_param_s'] * 1e9:.2f} ns/parameter"
+            for name, f in fits]
 
 
 def summarize(doc: dict) -> str:
