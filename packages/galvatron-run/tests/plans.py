@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+from galvatron_contracts.documents import CURRENT_VERSION
 from galvatron_contracts.models import load_model_spec
 
 
@@ -52,7 +53,7 @@ def make_plan(model, world, layers, stages, b, m, emb=None, head=None, seq=16, s
             lays.append({"tp": tp, "tp_layout": layout, "dp": size // tp, "tp_groups": tpg, "dp_groups": dpg})
         st_docs.append({"index": k, "ranks": list(range(k * size, (k + 1) * size)), "layer_start": a,
                         "layer_end": e, "layouts": lays})
-    return {"kind": "plan", "schema_version": "1.0", "producer": {"name": "tests", "version": "0"},
+    return {"kind": "plan", "schema_version": CURRENT_VERSION["plan"], "producer": {"name": "tests", "version": "0"},
             "model": spec, "cluster": {"nodes": 1, "gpus_per_node": world, "world_size": world},
             "training": {"seq_len": seq, "dtype": dtype,
                          "optimizer": {"name": "adamw", "lr": lr, "min_lr": lr / 10, "weight_decay": 0.1,

@@ -275,11 +275,13 @@ def test_the_table_fits_in_80_columns_and_ends_with_the_step():
 def _cases():
     m = 2
     z3 = S(sharding="zero3")
+    z1 = S(sharding="zero1")
     return [
         {"name": "ddp", "plan": make_plan("mini-gpt", 2, [S()] * 4, [(0, 4)], b=4, m=m, seq=32, schedule="gpipe"),
          "sleep": "layers[1]", "sleep_backward": True},
         {"name": "pp", "plan": make_plan("tiny-gpt", 2, [S()] * 2, [(0, 1), (1, 2)], b=2, m=m), "sleep": "layers[0]"},
         {"name": "zero3", "plan": make_plan("tiny-gpt", 2, [z3] * 2, [(0, 2)], b=4, m=m, emb=z3, head=z3)},
+        {"name": "zero1", "plan": make_plan("tiny-gpt", 2, [z1] * 2, [(0, 2)], b=2, m=3, emb=z1, head=z1)},
         {"name": "tp", "plan": make_plan("tiny-llama", 2, [S(tp=2)] * 2, [(0, 2)], b=4, m=m, emb=S(tp=2),
                                          head=S(tp=2, sp=True))},
         {"name": "recompute", "plan": make_plan("tiny-gpt", 2, [S(recompute=True), S()], [(0, 2)], b=4, m=m)},
@@ -405,6 +407,19 @@ def test_zero3_gathers_twice_and_scatters_once_per_micro_batch_over_dp(out):
         assert gather["group_size"] == scatter["group_size"] == 2
         assert gather["bytes"] == 2 * m * data["full_param_bytes"] and scatter["bytes"] == m * data["full_param_bytes"]
         assert r["components"]["zero_communication_s"] > 0
+
+
+def test_zero1_gathers_and_scatters_once_per_step_over_dp(out):
+    """ZeRO-1 all-gathers each FSDP unit's parameters at the step's first forward and reduce-scatters its
+    accumulated gradients in the last micro-batch's backward: once each per step, whatever the micro-batch count
+    (3 here), the full parameter bytes each, over the dp group of 2."""
+    data = _steps(out, "zero1")
+    for r in data["steps"][0]["ranks"]:
+        rows = {(c["op"], c["group"]): c for c in r["collectives"]}
+        gather, scatter = rows[("all_gather", "dp")], rows[("reduce_scatter", "dp")]
+        assert gather["group_size"] == scatter["group_size"] == 2
+        assert gather["bytes"] == scatter["bytes"] == data["full_param_bytes"]
+        assert gather["calls"] == scatter["calls"] == len(r["layers"]) - 1      # the tied embedding and head: one
 
 
 def test_tensor_parallel_collectives_are_in_tp_and_inside_the_layers(out):

@@ -1,5 +1,6 @@
-"""End to end with the real runtime: a run saves, and runs under the same plan, a tensor-parallel plan and a
-pipeline-parallel plan resume from its checkpoint; a model exported under one plan imports into another.
+"""End to end with the real runtime: a run saves, and runs under the same plan, a tensor-parallel plan, a
+pipeline-parallel plan and a ZeRO-1 plan resume from its checkpoint; a ZeRO-1 run saves and resumes under its own
+plan; a model exported under one plan imports into another.
 
 Part one drives the runtime's seams (``runner.run_rank(make_data=, callback=, build_hook=)``) in one 2-rank launch,
 wired exactly as the README-data-checkpoints.md "Wiring" section says. Part two drives the command line
@@ -59,7 +60,8 @@ def worker(out: Path, corpus: str):
     init_process_group("gloo", 120)
     rank = dist.get_rank()
     spec = load_model_spec("tiny-gpt")
-    shapes = {"dp2": {"dp_mode": "zero3"}, "tp2": {"tp": 2}, "pp2": {"pp": 2, "schedule": "1f1b"}}
+    shapes = {"dp2": {"dp_mode": "zero3"}, "tp2": {"tp": 2}, "pp2": {"pp": 2, "schedule": "1f1b"},
+              "zero1": {"dp_mode": "zero1"}}
     plans = {name: uniform_plan(spec, 2, global_batch=BATCH, micro_batches=2, seq_len=SEQ, **kw)
              for name, kw in shapes.items()}
     results = {}
@@ -108,6 +110,9 @@ def worker(out: Path, corpus: str):
     run("C", plans["tp2"], resume_from=a_ckpt)                                 # another tp
     run("D", plans["pp2"], resume_from=a_ckpt)                                 # another pp
     run("E", plans["pp2"], import_from=out / "A-final.pt")                     # export (dp2) -> import (pp2)
+    run("F", plans["zero1"], resume_from=a_ckpt)                               # another sharding (zero3 -> zero1)
+    run("Z", plans["zero1"])                                                   # zero1 uninterrupted, saves at 3
+    run("Z2", plans["zero1"], resume_from=out / "ckpt-Z" / f"step-{SAVE_AT}")  # zero1 resumes its own
     if rank == 0:
         (out / "results.json").write_text(json.dumps(results))
     dist.destroy_process_group()
@@ -128,14 +133,15 @@ def runs(tmp_path_factory):
     return out, json.loads((out / "results.json").read_text())
 
 
-def test_resume_under_the_same_plan_is_exact(runs):
+@pytest.mark.parametrize("first, resumed", [("A", "B"), ("Z", "Z2")], ids=["zero3", "zero1"])
+def test_resume_under_the_same_plan_is_exact(runs, first, resumed):
     _, r = runs
-    a, b = r["A"]["losses"], r["B"]["losses"]
-    assert r["B"]["resumed"] == SAVE_AT and sorted(b, key=int) == [str(s) for s in range(SAVE_AT, STEPS)]
+    a, b = r[first]["losses"], r[resumed]["losses"]
+    assert r[resumed]["resumed"] == SAVE_AT and sorted(b, key=int) == [str(s) for s in range(SAVE_AT, STEPS)]
     assert [b[s] for s in sorted(b, key=int)] == [a[s] for s in sorted(b, key=int)]  # bit for bit
 
 
-@pytest.mark.parametrize("run", ["C", "D"], ids=["tp2", "pp2"])
+@pytest.mark.parametrize("run", ["C", "D", "F"], ids=["tp2", "pp2", "zero1"])
 def test_resume_under_another_plan_continues_the_losses(runs, run):
     _, r = runs
     a, other = r["A"]["losses"], r[run]["losses"]
@@ -144,7 +150,7 @@ def test_resume_under_another_plan_continues_the_losses(runs, run):
         assert other[s] == pytest.approx(a[s], rel=1e-5), s
 
 
-@pytest.mark.parametrize("run", ["B", "C", "D"], ids=["dp2", "tp2", "pp2"])
+@pytest.mark.parametrize("run", ["B", "C", "D", "F", "Z"], ids=["dp2", "tp2", "pp2", "zero1-resumed", "zero1"])
 def test_checkpoints_saved_under_other_plans_hold_the_same_model(runs, run, tmp_path):
     out, _ = runs
     ref = ck.export_model(out / "ckpt-A" / f"step-{STEPS - 1}", tmp_path / "a.pt")

@@ -22,6 +22,14 @@ PLANS = {
     # pp x tp x zero3 with uneven stages and tied embeddings across stages
     "pp_tp_zero3": make_plan("tiny-gpt", 4, [S(tp=2, sharding="zero3")] * 3, [(0, 1), (1, 3)], b=4, m=2,
                              emb=S(tp=2, sharding="zero3"), head=S(tp=2, sharding="zero3")),
+    # zero1 on DTensor (tp 2 x dp 2) parameters: consecutive and strided + sp with recompute, an uneven vocabulary
+    # (padded dp shards), beside zero3 and ddp; and zero1 stages of dp 2 under 1f1b, tied across the stages
+    "tp_zero1": make_plan("tiny-llama", 4, [S(tp=2, sharding="zero1"),
+                                            S(tp=2, layout="strided", sp=True, sharding="zero1", recompute=True),
+                                            S(sharding="zero3"), S(tp=2)], [(0, 4)], b=4, m=3,
+                          emb=S(tp=2, sharding="zero1"), head=S(tp=2, sp=True, sharding="zero1"), vocab_size=251),
+    "pp_zero1": make_plan("tiny-gpt", 4, [S(sharding="zero1")] * 3, [(0, 2), (2, 3)], b=2, m=3,
+                          emb=S(sharding="zero1"), head=S(sharding="zero1")),
     # layers with and without recompute, ddp / zero2 / zero3 mixed
     "recompute_mix": make_plan("tiny-gpt", 4, [S(recompute=True), S(), S(recompute=True, sharding="zero3"),
                                                S(sharding="zero2")], [(0, 4)], b=4, m=2),

@@ -29,6 +29,7 @@ from galvatron_contracts.launch import (
 )
 from galvatron_contracts.limits import MAX_PEAK_TFLOPS, MAX_RANKS, MAX_TIMEOUT_S
 from galvatron_contracts.models import load_model_spec
+from galvatron_contracts.names import DP_SHARDINGS
 from galvatron_contracts.options import Finite
 
 from . import __version__
@@ -122,7 +123,7 @@ class _RunCommand(click.Command):
 @click.option("--model", help="Global mode: a preset or config.json; builds a uniform plan (no PLAN).")
 @click.option("--tp", type=click.IntRange(1), default=1, show_default=True, help="Global mode: tensor parallel degree.")
 @click.option("--pp", type=click.IntRange(1), default=1, show_default=True, help="Global mode: pipeline stages.")
-@click.option("--dp-mode", type=click.Choice(["ddp", "zero2", "zero3"]), default="ddp", show_default=True)
+@click.option("--dp-mode", type=click.Choice(DP_SHARDINGS), default="ddp", show_default=True)
 @click.option("--recompute", is_flag=True, help="Global mode: full recompute of every decoder layer.")
 @click.option("--sp", is_flag=True, help="Global mode: sequence parallelism (tp > 1).")
 @click.option("--tp-layout", type=click.Choice(["consecutive", "strided"]), default="consecutive", show_default=True)

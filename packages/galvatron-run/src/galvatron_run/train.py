@@ -27,6 +27,7 @@ from .breakdown import TRANSITION, StepTimes, mark, timed
 from .measure import PeakMemory, SavedTensors, peak_rss_bytes, tensor_bytes
 from .parallel import Env, Unit, clip_grads, local, make_env, make_schedule, move, parallelize_stage, sync_grads
 from .parallel.buckets import DdpBuckets
+from .parallel.fsdp import DeferredReduction
 from .plan import Layout, vocab_shard
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -314,7 +315,9 @@ def train_step(state: TrainState, data, memory: PeakMemory | None = None, saved:
     mark("micro_batches")          # the phases of a timed step (breakdown.py); no-ops otherwise
     with (memory.measure() if memory else contextlib.nullcontext()):
         ddp = DdpBuckets(state.units, state.env)      # all-reduced during the last micro-batch's backward
-        with (saved.hooks() if saved else contextlib.nullcontext()), ddp.armed(plan["micro_batches"]):
+        zero1 = DeferredReduction(state.units)         # reduce-scattered during the last micro-batch's backward
+        with (saved.hooks() if saved else contextlib.nullcontext()), ddp.armed(plan["micro_batches"]), \
+                zero1.armed(plan["micro_batches"]):
             loss = _step_loss(state, x, y)
         mark("grad_sync")
         sync_grads(state.units, state.env, state.tie, state.tie_same_layout, ddp)
