@@ -29,6 +29,21 @@ def launch(cases: list[dict], nproc: int, out: Path, timeout: float = 400) -> No
         raise AssertionError(f"ranks failed (rc {proc.returncode}):\n{errors or proc.stderr[-5000:]}")
 
 
+def launch_file(program: str, out: Path, nproc: int = 2, timeout: float = 400, **env_extra: str) -> None:
+    """``program`` (a test file that is also a rank program) in a torchrun world of ``nproc`` ranks, given ``out``;
+    ``env_extra``: more environment variables. Raise with rank 0's error file or the log tail on failure."""
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(SRC), str(HERE),
+                                                                            os.environ.get("PYTHONPATH", "")]),
+               **env_extra)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", program,
+           str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        errors = "".join(p.read_text()[-3000:] for p in sorted(out.glob("*.error.rank0")))
+        raise AssertionError(f"ranks failed (rc {proc.returncode}):\n{errors or proc.stderr[-5000:]}")
+
+
 def result(out: Path, name: str) -> tuple[dict, dict[str, torch.Tensor]]:
     got = json.loads((out / f"{name}.losses.json").read_text())
     params: dict[str, torch.Tensor] = {}

@@ -14,8 +14,6 @@ and the recording in one world; the four-rank cases go through dist_worker.py.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import traceback
 from datetime import timedelta
@@ -25,7 +23,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from dist_worker import data_for
-from harness import HERE, SRC, assert_matches_reference, launch, result
+from harness import assert_matches_reference, launch, launch_file, result
 from plans import S, make_plan
 from reference import reference_run
 
@@ -50,22 +48,10 @@ PROBE = make_plan("tiny-gpt", 2, [S()] * 2, [(0, 2)], b=2, m=2)     # tied: the 
 PROBE_STEPS = 2
 
 
-def _launch_here(out: Path, timeout: float = 400) -> None:
-    """This file as the rank program of a two-rank torchrun world (harness.launch runs dist_worker.py only)."""
-    out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(SRC), str(HERE),
-                                                                            os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", __file__, str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        errors = "".join(p.read_text()[-3000:] for p in sorted(out.glob("*.error.rank0")))
-        raise AssertionError(f"ranks failed (rc {proc.returncode}):\n{errors or proc.stderr[-5000:]}")
-
-
 @pytest.fixture(scope="module")
 def out2(tmp_path_factory):
     path = tmp_path_factory.mktemp("overlap2")
-    _launch_here(path)
+    launch_file(__file__, path)
     return path
 
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import subprocess
 import sys
 import traceback
 from datetime import timedelta
@@ -35,7 +33,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from dist_worker import data_for
-from harness import HERE, SRC
+from harness import launch_file
 from plans import S, make_plan
 
 from galvatron_contracts.launch import run_as_rank
@@ -49,21 +47,10 @@ PLAN = make_plan("tiny-llama", 2, [S(sharding="zero3", recompute=True)] * 4, [(0
 pytestmark = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 
 
-def _launch_here(out: Path, timeout: float = 300) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_=str(64 * 1024),
-               PYTHONPATH=os.pathsep.join([str(SRC), str(HERE), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", __file__, str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        errors = "".join(p.read_text()[-3000:] for p in sorted(out.glob("*.error.rank0")))
-        raise AssertionError(f"ranks failed (rc {proc.returncode}):\n{errors or proc.stderr[-5000:]}")
-
-
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     out = tmp_path_factory.mktemp("memory_terms")
-    _launch_here(out)
+    launch_file(__file__, out, timeout=300, MALLOC_MMAP_THRESHOLD_=str(64 * 1024))
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
