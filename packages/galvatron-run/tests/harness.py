@@ -44,6 +44,27 @@ def launch_file(program: str, out: Path, nproc: int = 2, timeout: float = 400, *
         raise AssertionError(f"ranks failed (rc {proc.returncode}):\n{errors or proc.stderr[-5000:]}")
 
 
+def rank_jobs(out_dir: str, jobs) -> None:
+    """A test rank program's body (the other side of ``launch_file``): join a gloo world (60 s timeout), run
+    ``jobs(out)`` ({name: callable}) in order, each failure written to ``<name>.error.rank<R>`` before it is raised,
+    then leave the world."""
+    import traceback
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    out = Path(out_dir)
+    for name, job in jobs(out).items():
+        try:
+            job()
+        except Exception:
+            (out / f"{name}.error.rank{dist.get_rank()}").write_text(traceback.format_exc())
+            raise
+    dist.destroy_process_group()
+
+
 def result(out: Path, name: str) -> tuple[dict, dict[str, torch.Tensor]]:
     got = json.loads((out / f"{name}.losses.json").read_text())
     params: dict[str, torch.Tensor] = {}

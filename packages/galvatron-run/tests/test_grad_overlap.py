@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import sys
-import traceback
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 from dist_worker import data_for
-from harness import assert_matches_reference, launch, launch_file, result
+from harness import assert_matches_reference, launch, launch_file, rank_jobs, result
 from plans import S, make_plan
 from reference import reference_run
 
@@ -159,20 +157,11 @@ def _probe(out: Path) -> None:
     state.env.close()
 
 
-def _rank_main(out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
-    out = Path(out_dir)
+def _jobs(out: Path) -> dict:
     jobs = {n: (lambda n=n: _run_case(n, CASES2[n], out)) for n in CASES2}
     jobs["probe"] = lambda: _probe(out)
-    for name, job in jobs.items():
-        try:
-            job()
-        except Exception:
-            (out / f"{name}.error.rank{dist.get_rank()}").write_text(traceback.format_exc())
-            raise
-    dist.destroy_process_group()
+    return jobs
 
 
 if __name__ == "__main__":
-    run_as_rank(lambda: _rank_main(sys.argv[1]))
+    run_as_rank(lambda: rank_jobs(sys.argv[1], _jobs))

@@ -25,15 +25,13 @@ from __future__ import annotations
 import gc
 import json
 import sys
-import traceback
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 from dist_worker import data_for
-from harness import launch_file
+from harness import launch_file, rank_jobs
 from plans import S, make_plan
 
 from galvatron_contracts.launch import run_as_rank
@@ -114,17 +112,5 @@ def _measure(out: Path) -> None:
     state.env.close()
 
 
-def _rank_main(out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
-    out = Path(out_dir)
-    try:
-        _measure(out)
-    except Exception:
-        (out / f"measure.error.rank{dist.get_rank()}").write_text(traceback.format_exc())
-        raise
-    dist.destroy_process_group()
-
-
 if __name__ == "__main__":
-    run_as_rank(lambda: _rank_main(sys.argv[1]))
+    run_as_rank(lambda: rank_jobs(sys.argv[1], lambda out: {"measure": lambda: _measure(out)}))

@@ -1,5 +1,4 @@
 from galvatron_contracts.launch import run_as_rank
-
 from galvatron_probe.cli import main
 
 if __name__ == "__main__":
