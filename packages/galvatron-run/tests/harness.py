@@ -7,9 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import traceback
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 HERE = Path(__file__).parent
 SRC = HERE.parent / "src"
@@ -48,11 +51,6 @@ def rank_jobs(out_dir: str, jobs) -> None:
     """A test rank program's body (the other side of ``launch_file``): join a gloo world (60 s timeout), run
     ``jobs(out)`` ({name: callable}) in order, each failure written to ``<name>.error.rank<R>`` before it is raised,
     then leave the world."""
-    import traceback
-    from datetime import timedelta
-
-    import torch.distributed as dist
-
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     out = Path(out_dir)
