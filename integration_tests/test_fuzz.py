@@ -373,7 +373,7 @@ def _cost_case(data, klass):
 
 SEARCH_OPTIONS = [("--memory", OPTION_VALUES), ("--global-batch", OPTION_VALUES), ("--min-global-batch", ["0", "x"]),
                   ("--max-global-batch", [str(2 ** 70)]), ("--max-tp", OPTION_VALUES), ("--max-pp", ["0"]),
-                  ("--buckets", ["7", str(2 ** 70), "nan"]), ("--schedule", ["zb-v"]), ("--sharding", ["zero1"])]
+                  ("--buckets", ["7", str(2 ** 70), "nan"]), ("--schedule", ["zb-v"]), ("--sharding", ["zero4"])]
 
 
 @pytest.mark.parametrize("command,klass", [("search", k) for k in DOCUMENT_CLASSES + ("option", "output")]
