@@ -230,6 +230,8 @@ def _child_main(device: str, threads: int, shared_clock: bool, timeout_s: float)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     state = _ChildState(dev, Timer(dev, timeout_s, distributed=False, shared_clock=shared_clock))
+    pickle.dump(("ok", "ready"), answers)     # imports done: from here on the child is idle between calls
+    answers.flush()
     try:
         while (msg := pickle.load(commands)) is not None:
             name, args = msg
@@ -255,10 +257,15 @@ class WrappedChild:
         self.process = subprocess.Popen([sys.executable, "-m", "galvatron_probe.wrapped", *args],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.answer_s = 10 * timeout_s      # a whole timing point, or building a layer, runs in one call
+        # wait for the child's imports (a few CPU seconds): run beside the first timings, they slowed those 2x
+        self._answer("starting up")
 
     def call(self, name: str, *args):
         pickle.dump((name, args), self.process.stdin)
         self.process.stdin.flush()
+        return self._answer(name)
+
+    def _answer(self, name: str):
         ready, _, _ = select.select([self.process.stdout], [], [], self.answer_s)
         if not ready:
             raise GalvatronError(f"the probe's DTensor child process did not answer {name!r} in "
