@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galvatron_contracts.documents import digest
+from galvatron_contracts.documents import CURRENT_VERSION, digest
 from galvatron_contracts.names import plan_summary
 
 GIB = 2 ** 30
@@ -127,7 +127,8 @@ def build_plan(template: dict, *, bounds: list[int], layers: list[dict], emb: di
         stages.append({"index": k, "ranks": ranks, "layer_start": bounds[k], "layer_end": bounds[k + 1],
                        "layouts": layouts})
     B = template["global_batch"]
-    return {"kind": "plan", "schema_version": "1.0", "producer": {"name": "accuracy-bench", "version": "1.0"},
+    return {"kind": "plan", "schema_version": CURRENT_VERSION["plan"],
+            "producer": {"name": "accuracy-bench", "version": "1.0"},
             "model": template["model"], "cluster": template["cluster"], "training": template["training"],
             "global_batch": B, "micro_batch_size": B // micro_batches, "micro_batches": micro_batches,
             "schedule": schedule, "stages": stages, "layers": fill, "embedding": emb, "head": head}
@@ -164,6 +165,7 @@ def hand_plans(template: dict, nproc: int) -> dict[str, dict]:
     add("ddp recompute", layers=[S(1, rc=True)] * L, emb=t1, head=t1)
     add("zero2 m2", layers=[S(1, "zero2")] * L, emb=S(1, "zero2"), head=S(1, "zero2"), micro_batches=2)
     add("zero3", layers=[S(1, "zero3")] * L, emb=S(1, "zero3"), head=S(1, "zero3"))
+    add("zero1 m4", layers=[S(1, "zero1")] * L, emb=S(1, "zero1"), head=S(1, "zero1"), micro_batches=4)
     add("tp2 dp2", layers=[S(2)] * L, emb=S(2), head=S(2))
     add(f"tp2 sp {strided}", layers=[S(2, sp=True, layout=strided)] * L, emb=t1, head=t1)
     add(f"tp{nproc} sp", layers=[S(nproc, sp=True)] * L, emb=tmax, head=tmax)

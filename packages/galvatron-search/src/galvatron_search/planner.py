@@ -49,10 +49,9 @@ INF = np.inf
 REL = 1e-9
 # The share of the budget the command line and the API keep free by default for what the memory model cannot
 # know (--memory-margin): the accuracy harness's worst under-prediction on this machine once every byte it could
-# attribute was modelled was 3.7 % (integration_tests/bench/results/, 2026-12-01: backward transients at the peak),
-# rounded up. It does not cover zero3 + recompute with many micro-batches, measured up to 13 % over its prediction
-# on both harness models (a term growing with the micro-batch count, not yet found). The core (Options) is exact:
-# its default is no margin.
+# attribute was modelled was 3.6 % (integration_tests/bench/results/, 2026-12-02: a pipelined plan's stage),
+# rounded up. (zero3 + recompute "growing with the micro-batch count" was the runtime counting gloo's freed
+# reduce-scatter clones, fixed in its measurement.) The core (Options) is exact: its default is no margin.
 DEFAULT_MEMORY_MARGIN = 0.05
 
 
