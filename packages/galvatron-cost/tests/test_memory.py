@@ -4,6 +4,7 @@ import pytest
 from galvatron_contracts.models import PRESETS, layer_param_counts
 from galvatron_cost.memory import (
     activation_per_sample,
+    backward_workspace,
     derive_split,
     model_states,
     numel,
@@ -41,12 +42,12 @@ def test_zero_states_fp32_adamw_by_hand():
     assert (z2["param_bytes"], z2["grad_bytes"], z2["optimizer_bytes"]) == (4 * P // 4 + 4 * P, 4 * P // 4, 8 * P // 4)
     z3 = model_states(P, P_d, "zero3", "fp32", "adamw")
     assert z3["param_bytes"] + z3["grad_bytes"] + z3["optimizer_bytes"] == 16 * P // 4
-    # this layer's and the prefetched next layer's gathered fp32 params, the fresh unsharded grads, the
-    # reduce-scatter's fp32 input (and, on gloo, the copy gloo makes of it)
-    assert z3["workspace_bytes"] == 2 * 4 * P + 4 * P + 4 * P
-    gloo = model_states(P, P_d, "zero3", "fp32", "adamw", backend="gloo")
-    assert gloo["workspace_bytes"] == z3["workspace_bytes"] + 4 * P
-    assert model_states(P, P_d, "zero2", "fp32", "adamw")["workspace_bytes"] == 4 * P + 4 * P
+    # the larger backward phase: compute (this layer's and the prefetched next layer's gathered fp32 params, the
+    # kept fp32 reduce-scatter input of the layer above, the fresh unsharded grads) over reduce (the prefetched
+    # params, a new fp32 reduce-scatter input, on gloo its copy, the fp32 output shard)
+    assert backward_workspace(P, P_d, "zero3", "fp32") == 2 * 4 * P + 4 * P + 4 * P
+    assert backward_workspace(P, P_d, "zero3", "fp32", backend="gloo") == 2 * 4 * P + 4 * P + 4 * P
+    assert backward_workspace(P, P_d, "zero2", "fp32") == 4 * P + 4 * P
 
 
 def test_zero_states_bf16_mixed_precision_by_hand():
@@ -54,14 +55,14 @@ def test_zero_states_bf16_mixed_precision_by_hand():
     ddp = model_states(P, P_d, "ddp", "bf16", "adamw")
     # fp32 master + the bf16 copy autocast caches for the whole step (one autocast region per step)
     assert (ddp["param_bytes"], ddp["grad_bytes"], ddp["optimizer_bytes"]) == (4000 + 2000, 4000, 8000)
-    assert ddp["workspace_bytes"] == 2 * P + 4 * P           # bf16 grads, their fp32 cast
+    assert backward_workspace(P, P_d, "ddp", "bf16") == 2 * P + 4 * P           # bf16 grads, their fp32 cast
     z2 = model_states(P, P_d, "zero2", "bf16", "adamw")
     # sharded fp32 master 4P/d + unsharded bf16 copy 2P; fp32 sharded grads and states: 2P + 16P/d in all
     assert z2["param_bytes"] + z2["grad_bytes"] + z2["optimizer_bytes"] == 2 * P + 16 * P_d
     z3 = model_states(P, P_d, "zero3", "bf16", "adamw")
     assert z3["param_bytes"] + z3["grad_bytes"] + z3["optimizer_bytes"] == 16 * P_d
-    # two gathered bf16 layers (this one, the prefetched next), bf16 grads, their fp32 cast, the fp32 reduce input
-    assert z3["workspace_bytes"] == 2 * 2 * P + 2 * P + 4 * P + 4 * P
+    # compute phase: two gathered bf16 layers (this one, the prefetched next), the kept fp32 reduce input, bf16 grads
+    assert backward_workspace(P, P_d, "zero3", "bf16") == 2 * 2 * P + 4 * P + 2 * P
     assert model_states(P, P_d, "zero3", "bf16", "sgd")["optimizer_bytes"] == 4 * P_d     # the momentum buffer
 
 
@@ -71,12 +72,12 @@ def test_zero1_states_by_hand():
     P, P_d = 1000, 250
     z1 = model_states(P, P_d, "zero1", "fp32", "adamw")
     assert (z1["param_bytes"], z1["grad_bytes"], z1["optimizer_bytes"]) == (4 * P_d + 4 * P, 4 * P, 8 * P_d)
-    assert z1["workspace_bytes"] == model_states(P, P_d, "zero2", "fp32", "adamw")["workspace_bytes"] == 4 * P + 4 * P
+    assert backward_workspace(P, P_d, "zero1", "fp32") == backward_workspace(P, P_d, "zero2", "fp32") == 8 * P
     bf16 = model_states(P, P_d, "zero1", "bf16", "adamw")
     # bf16 copy 2P whole, fp32 accumulated gradients 4P whole, fp32 master and states 12P/d sharded
     assert (bf16["param_bytes"], bf16["grad_bytes"], bf16["optimizer_bytes"]) == (4 * P_d + 2 * P, 4 * P, 8 * P_d)
-    gloo = model_states(P, P_d, "zero1", "bf16", "adamw", backend="gloo")
-    assert gloo["workspace_bytes"] == 2 * P + 4 * P + 4 * P + 4 * P    # bf16 grads, fp32 cast, reduce input, copy
+    # reduce phase on gloo: the fp32 reduce input, gloo's copy, the fp32 shard (the compute phase: 4P + 2P)
+    assert backward_workspace(P, P_d, "zero1", "bf16", backend="gloo") == 4 * P + 4 * P + 4 * P_d
     assert model_states(P, P_d, "zero1", "fp32", "sgd")["optimizer_bytes"] == 4 * P_d
     z2 = model_states(P, P_d, "zero2", "bf16", "adamw")
     assert bf16["grad_bytes"] - z2["grad_bytes"] == 4 * P - 4 * P_d      # all zero1 adds to zero2: whole gradients

@@ -454,7 +454,7 @@ class Builder:
                     gather_b = gather_f
         if tied and pp > 1 and layer != "decoder":     # the tied table's one all-reduce; both ends wait for it
             sync += self.tied_sum(pp, numel(div) if sharding == "ddp" else sharded_numel(div, d), where)
-        states = model_states(P, P_d, sharding, self.dtype, self.optimizer, self.hw["cluster"]["backend"])
+        states = model_states(P, P_d, sharding, self.dtype, self.optimizer)
         optim_s = self.optimizer_seconds(layer, pp, tensors, P if sharding == "ddp" else P_d,   # what it updates
                                          dtensor=t > 1 or sharding != "ddp")
         full = self.split(layer, t, False)

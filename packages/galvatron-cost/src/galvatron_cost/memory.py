@@ -91,27 +91,20 @@ def sharded_numel(shapes, d: int) -> int:
     return sum(-(-d0 // d) * (n // d0) for d0, n in shapes if d0 > 0)
 
 
-def model_states(P: int, P_d: int, sharding: str, dtype: str, optimizer: str,
-                 backend: str = "nccl") -> dict[str, int]:
-    """Persistent bytes (param, grad, optimizer) and the fixed transient workspace of one layer on one rank
-    (the table of the module docstring; ``backend``: the process group's, gloo copies reduce-scatter inputs)."""
+def model_states(P: int, P_d: int, sharding: str, dtype: str, optimizer: str) -> dict[str, int]:
+    """Persistent bytes (param, grad, optimizer) of one layer on one rank (the table of the module docstring; the
+    transient workspace is ``backward_workspace``)."""
     e = DTYPE_BYTES[dtype]
     states = OPTIMIZER_STATES[optimizer] * 4
-    bf16 = dtype != "fp32"
-    fresh_grads = e * P + (4 * P if bf16 else 0)          # unsharded grad in compute dtype (+ its fp32 cast)
     if sharding == "ddp":
-        return {"param_bytes": 4 * P + (e * P if bf16 else 0), "grad_bytes": 4 * P, "optimizer_bytes": states * P,
-                "workspace_bytes": fresh_grads}
-    reduce_input = 4 * P * (2 if backend == "gloo" else 1)     # the fp32 reduce-scatter input (and gloo's copy)
+        return {"param_bytes": 4 * P + (e * P if dtype != "fp32" else 0), "grad_bytes": 4 * P,
+                "optimizer_bytes": states * P}
     if sharding == "zero1":
-        return {"param_bytes": 4 * P_d + e * P, "grad_bytes": 4 * P, "optimizer_bytes": states * P_d,
-                "workspace_bytes": fresh_grads + reduce_input}
+        return {"param_bytes": 4 * P_d + e * P, "grad_bytes": 4 * P, "optimizer_bytes": states * P_d}
     if sharding == "zero2":
-        return {"param_bytes": 4 * P_d + e * P, "grad_bytes": 4 * P_d, "optimizer_bytes": states * P_d,
-                "workspace_bytes": fresh_grads + reduce_input}
+        return {"param_bytes": 4 * P_d + e * P, "grad_bytes": 4 * P_d, "optimizer_bytes": states * P_d}
     if sharding == "zero3":
-        return {"param_bytes": 4 * P_d, "grad_bytes": 4 * P_d, "optimizer_bytes": states * P_d,
-                "workspace_bytes": 2 * e * P + fresh_grads + reduce_input}
+        return {"param_bytes": 4 * P_d, "grad_bytes": 4 * P_d, "optimizer_bytes": states * P_d}
     raise ValueError(sharding)
 
 
